@@ -1,0 +1,60 @@
+# Two commands do all set-up on a fresh Debian machine (as root):
+#   make demo   installs everything, then runs the classifier graph on a trace
+#   make test   installs everything, then runs the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := $(VENV)/.deps
+BUILT  := $(VENV)/.built
+CSRC   := $(wildcard runtime/*.c runtime/*.h runtime/*.pyx elements/*.c) setup.py
+OUT    := out
+
+.PHONY: all demo test debian setup bench clean
+
+all: setup
+
+# Debian packages: a C compiler, Python's venv and headers, Graphviz for
+# `middlebox show -o graph.png`. Only what is missing is installed.
+debian:
+	@missing=""; \
+	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v make >/dev/null || missing="$$missing make"; \
+	command -v dot >/dev/null || missing="$$missing graphviz"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing"; exit 1; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(DEPS): pyproject.toml | debian
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools>=64" wheel
+	$(BIN)/pip install -q "cython>=3" numpy pyyaml networkx scapy pytest hypothesis matplotlib
+	touch $@
+
+$(BUILT): $(DEPS) $(CSRC)
+	$(BIN)/pip install -q --no-build-isolation -e .
+	touch $@
+
+setup: debian $(BUILT)
+
+demo: setup
+	@mkdir -p $(OUT)
+	$(BIN)/middlebox check graphs/classifier.yaml
+	$(BIN)/middlebox show graphs/classifier.yaml -o $(OUT)/classifier.png
+	$(BIN)/middlebox run graphs/classifier.yaml --in lan=graphs/traces/lan.pcap --out wan=$(OUT)/wan.pcap
+	$(BIN)/python -c "from scapy.all import rdpcap; ps = rdpcap('$(OUT)/wan.pcap'); \
+	  print(f'$(OUT)/wan.pcap: {len(ps)} packets, first: {ps[0].summary()}')"
+	$(BIN)/python bench/classifier.py --packets 2000000
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/classifier.py
+
+clean:
+	rm -rf build $(OUT) runtime/_engine.c runtime/*.so *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from middlebox.cli import main
+
+sys.exit(main())

@@ -1,0 +1,320 @@
+"""The `middlebox` command.
+
+    middlebox check GRAPH.yaml
+    middlebox show  GRAPH.yaml [-o graph.png|.svg|.dot] [--programs]
+    middlebox run   GRAPH.yaml --in DEV=in.pcap ... --out DEV=out.pcap ... [--stats text|json|none]
+    middlebox bench GRAPH.yaml [--packets N] [--json FILE]
+    middlebox elements [NAME]
+
+Exit codes: 0 success, 2 usage or configuration error, 1 failure while
+running. Errors are one line; MIDDLEBOX_DEBUG=1 adds the traceback of an
+internal error.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from middlebox.errors import ConfigError, RunError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _binding(text, flag):
+    dev, sep, path = text.partition("=")
+    if not sep or not dev or not path:
+        raise ConfigError(f"{flag} expects DEV=FILE, got '{text}'")
+    return dev, path
+
+
+def _load(path):
+    from middlebox import loader
+    if not os.path.exists(path):
+        raise ConfigError("no such file", path)
+    return loader.load(path)
+
+
+def _warn(graph):
+    for w in graph.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+# --- check ------------------------------------------------------------------
+
+def cmd_check(args):
+    g = _load(args.graph)
+    _warn(g)
+    print(f"{args.graph}: ok: graph '{g.name}', {len(g.elements)} elements, "
+          f"{len(g.connections)} connections, devices: {', '.join(g.devices()) or 'none'}")
+    return 0
+
+
+# --- show -------------------------------------------------------------------
+
+def _config_text(e):
+    parts = []
+    for key, p in e.params.items():
+        v = getattr(e, key)
+        if v is None or (v == p.default and not p.required):
+            continue
+        if isinstance(v, bytes) and len(v) == 6 and p.kind.name == "Ethernet address":
+            v = ":".join(f"{b:02x}" for b in v)
+        elif isinstance(v, bytes):
+            v = v.hex()
+        parts.append(f"{key}={v}")
+    return ", ".join(parts)
+
+
+def summary(g, programs=False):
+    lines = [f"graph {g.name}: {g.description}".rstrip(": ")]
+    g.check()
+    width = max([len(n) for n in g.elements] + [4])
+    lines.append("elements:")
+    for n in g.order():
+        e = g.elements[n]
+        cfg = _config_text(e)
+        lines.append(f"  {n:<{width}}  {type(e).__name__:<16} in {g.nin[n]} out {g.nout[n]}"
+                     + (f"  {cfg}" if cfg else ""))
+        if programs and hasattr(e, "program_text"):
+            lines += ["      " + ln for ln in e.program_text().splitlines()]
+    lines.append("connections:")
+    for c in g.connections:
+        lines.append(f"  {c.src}[{c.sport}] -> [{c.dport}]{c.dst}")
+    lines.append(f"devices: {', '.join(g.devices()) or 'none'}")
+    return "\n".join(lines)
+
+
+def dot_text(g):
+    out = [f'digraph "{g.name}" {{', "  rankdir=LR;",
+           '  node [shape=record, fontname="Helvetica", fontsize=10];']
+    for n, e in g.elements.items():
+        label = f"{n}\\n{type(e).__name__}"
+        out.append(f'  "{n}" [label="{label}"];')
+    for c in g.connections:
+        out.append(f'  "{c.src}" -> "{c.dst}" [taillabel="{c.sport}", headlabel="{c.dport}", '
+                   'fontsize=8];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def cmd_show(args):
+    g = _load(args.graph)
+    _warn(g)
+    if not args.output:
+        print(summary(g, args.programs))
+        return 0
+    ext = os.path.splitext(args.output)[1].lower()
+    text = dot_text(g)
+    if ext == ".dot":
+        try:
+            with open(args.output, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise RunError(f"cannot write {args.output}: {e.strerror}") from None
+    elif ext in (".png", ".svg", ".pdf"):
+        dot = shutil.which("dot")
+        if not dot:
+            raise RunError("Graphviz 'dot' is not installed (apt-get install graphviz)")
+        r = subprocess.run([dot, f"-T{ext[1:]}", "-o", args.output], input=text.encode(),
+                           capture_output=True)
+        if r.returncode:
+            msg = r.stderr.decode(errors="replace").strip().splitlines()
+            raise RunError(f"dot failed: {msg[-1] if msg else r.returncode}")
+    else:
+        raise ConfigError(f"show -o: unknown format '{ext}' (use .dot, .png, .svg or .pdf)")
+    print(f"wrote {args.output}")
+    return 0
+
+
+# --- run --------------------------------------------------------------------
+
+def _stats_text(stats, devices):
+    rows = [("element", "class", "in", "out", "dropped", "other")]
+    for n, s in stats.items():
+        extra = " ".join(f"{k}={v}" for k, v in s.items()
+                         if k not in ("class", "in", "out", "dropped", "ports", "created"))
+        if s["created"]:
+            extra = f"created={s['created']} " + extra
+        if len(s["ports"]) > 1:
+            extra = "ports=" + "/".join(map(str, s["ports"])) + (" " + extra if extra else "")
+        rows.append((n, s["class"], str(s["in"]), str(s["out"]), str(s["dropped"]), extra))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = ["  ".join(f"{r[i]:<{w[i]}}" if i < 2 else f"{r[i]:>{w[i]}}" for i in range(5))
+           + ("  " + r[5] if r[5] else "") for r in rows]
+    for d, s in devices.items():
+        out.append(f"device {d}: rx {s['rx']} (dropped {s['rx_dropped'] + s['oversize']}), "
+                   f"tx {s['tx']}")
+    return "\n".join(out)
+
+
+def cmd_run(args):
+    from middlebox import pcap, plan
+    from middlebox.runtime import Engine
+
+    g = _load(args.graph)
+    _warn(g)
+    ins = dict(_binding(b, "--in") for b in args.inputs)
+    outs = dict(_binding(b, "--out") for b in args.outputs)
+    if len(ins) != len(args.inputs) or len(outs) != len(args.outputs):
+        raise ConfigError("a device is bound twice")
+    receivers, senders = g.receivers(), g.senders()
+    for dev in ins:
+        if dev not in receivers:
+            raise ConfigError(f"--in {dev}: the graph has no FromDevice for device '{dev}' "
+                              f"(receiving devices: {', '.join(receivers) or 'none'})")
+    for dev in outs:
+        if dev not in senders:
+            raise ConfigError(f"--out {dev}: the graph has no ToDevice for device '{dev}' "
+                              f"(sending devices: {', '.join(senders) or 'none'})")
+    for dev, name in receivers.items():
+        if dev.startswith("pcap:"):
+            ins[dev] = dev[5:]
+        elif dev not in ins:
+            raise ConfigError(f"device '{dev}' is not bound: add --in {dev}=FILE.pcap",
+                              g.file, g.elements[name].line, name)
+    for dev, names in senders.items():
+        if dev.startswith("pcap:"):
+            outs[dev] = dev[5:]
+        elif dev not in outs:
+            raise ConfigError(f"device '{dev}' is not bound: add --out {dev}=FILE.pcap",
+                              g.file, g.elements[names[0]].line, names[0])
+    for n, e in g.elements.items():
+        if e.source and getattr(e, "limit", 0) < 0:
+            raise ConfigError("a source without 'limit' never ends; set limit, "
+                              "or measure it with 'middlebox bench'", g.file, e.line, n)
+    for dev, path in outs.items():
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise RunError(f"cannot write {path}: no such directory")
+        if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise RunError(f"cannot write {path}: permission denied")
+    captures = [(dev, pcap.read(path)) for dev, path in ins.items()]
+    p = plan.build(g)
+    eng = Engine(p)
+    result = eng.run(captures, collect=list(outs))
+    nanos = any(c.nanos for _, c in captures)
+    for dev, path in outs.items():
+        cap = result[dev]
+        pcap.write_records(path, cap.linktype, cap.data, cap.offsets, cap.lengths,
+                           cap.timestamps, nanos=nanos)
+    stats, devs = eng.stats(), eng.device_stats()
+    if args.stats == "json":
+        print(json.dumps({"graph": g.name, "elements": stats, "devices": devs}, indent=2))
+    elif args.stats == "text":
+        print(_stats_text(stats, devs))
+    return 0
+
+
+# --- bench ------------------------------------------------------------------
+
+def cmd_bench(args):
+    from middlebox import plan
+    from middlebox.runtime import Engine
+
+    g = _load(args.graph)
+    if not any(e.source for e in g.elements.values()):
+        raise ConfigError("bench needs a source such as InfiniteSource in the graph", g.file)
+    eng = Engine(plan.build(g))
+    eng.run_sources(min(args.packets, 100_000))  # warm caches and tables
+    made, secs = eng.run_sources(args.packets)
+    res = {"graph": g.name, "packets": made, "seconds": secs,
+           "mpps": made / secs / 1e6 if secs else 0.0,
+           "ns_per_packet": secs * 1e9 / made if made else 0.0}
+    print(f"{g.name}: {made} packets in {secs:.3f} s: {res['mpps']:.2f} Mpps, "
+          f"{res['ns_per_packet']:.1f} ns/packet")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+# --- elements ---------------------------------------------------------------
+
+def cmd_elements(args):
+    import middlebox.elements as lib
+    cat = lib.catalogue()
+    if not args.name:
+        w = max(len(n) for n in cat)
+        for n, cls in cat.items():
+            print(f"{n:<{w}}  {cls.port_text():<28}  {cls.describe()[0]}")
+        return 0
+    cls = cat.get(args.name)
+    if cls is None:
+        import difflib
+        close = difflib.get_close_matches(args.name, cat, n=1)
+        raise ConfigError(f"no element class '{args.name}'"
+                          + (f"; did you mean '{close[0]}'?" if close else ""))
+    summary_line, doc = cls.describe()
+    print(f"{args.name} ({cls.port_text()})\n")
+    print(doc)
+    if cls.params:
+        print("\nparameters:")
+        for key, p in cls.params.items():
+            dflt = "required" if p.required else f"default {p.default!r}"
+            print(f"  {key:<12} {p.kind.name} ({dflt})  {p.doc}")
+    if cls.xstats:
+        print(f"\ncounters: in, out, dropped, {', '.join(cls.xstats)}")
+    return 0
+
+
+def parser():
+    ap = _Parser(prog="middlebox", description="Network middleboxes from packet-processing "
+                 "elements, written as YAML graphs.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser("check", help="check a graph file")
+    p.add_argument("graph")
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("show", help="describe a graph, or draw it (-o .dot/.png/.svg)")
+    p.add_argument("graph")
+    p.add_argument("-o", "--output")
+    p.add_argument("--programs", action="store_true", help="print compiled classifier programs")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("run", help="run a graph over pcap files")
+    p.add_argument("graph")
+    p.add_argument("--in", dest="inputs", action="append", default=[], metavar="DEV=FILE")
+    p.add_argument("--out", dest="outputs", action="append", default=[], metavar="DEV=FILE")
+    p.add_argument("--stats", choices=("text", "json", "none"), default="text")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("bench", help="packet rate of a graph fed by its sources")
+    p.add_argument("graph")
+    p.add_argument("--packets", type=int, default=10_000_000)
+    p.add_argument("--json")
+    p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("elements", help="the element catalogue")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=cmd_elements)
+    return ap
+
+
+def main(argv=None):
+    try:
+        args = parser().parse_args(argv)
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}" if not e.file else str(e), file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - a bug: one line unless asked
+        if os.environ.get("MIDDLEBOX_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (MIDDLEBOX_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

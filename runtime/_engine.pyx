@@ -1,0 +1,470 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""Host side of the engine: owns the arena (packet pool included), feeds
+batches from memory, drains device queues, and bridges Python elements.
+
+Everything per-packet happens in C with the GIL released; Python is called
+only for Python elements (with the GIL taken back for their batch).
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+from posix.stdlib cimport posix_memalign
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+
+cdef extern from "mb.h":
+    enum: MB_BATCH
+    enum: MB_XSTATS
+
+    struct mb_packet:
+        uint8_t *data
+        uint32_t len
+        uint16_t port
+        uint8_t paint
+        uint8_t flags
+        uint64_t ts_ns
+        uint8_t *nh
+        uint32_t dst_ip
+        uint32_t room
+        uint8_t *head
+
+    struct mb_out:
+        void *dst
+        uint16_t dst_port
+        uint64_t count
+
+    struct mb_queue:
+        mb_packet **pkts
+        uint32_t n
+        uint32_t cap
+
+    struct mb_kernel:
+        const char *name
+
+    struct mb_elem:
+        const mb_kernel *k
+        uint32_t index
+        const char *name
+        mb_out *outs
+        uint16_t nout
+        uint16_t nin
+        mb_queue q
+        uint64_t in_ "in"
+        uint64_t created
+        uint64_t dropped
+        uint64_t xstat[MB_XSTATS]
+
+    mb_packet *mb_alloc(mb_engine *eng) nogil
+    void mb_free(mb_engine *eng, mb_packet *p) nogil
+    void mb_emit(mb_elem *e, uint32_t port, mb_packet *p) nogil
+    void mb_drop(mb_elem *e, mb_packet *p) nogil
+    uint32_t mb_max_len(const mb_engine *eng) nogil
+
+
+cdef extern from "engine.h":
+    ctypedef void (*mb_host_push_fn)(void *host, mb_elem *e, mb_packet **pkts, uint32_t n)
+
+    struct mb_device:
+        const char *name
+        void *from_ "from"
+        mb_queue tx
+        uint64_t rx
+        uint64_t rx_dropped
+        uint64_t sent
+
+    struct mb_engine:
+        uint32_t nelem
+        uint32_t ndev
+        mb_elem *elems
+        mb_device *devs
+        uint32_t nfree
+        uint32_t npkts
+        uint32_t bufsize
+        uint32_t headroom
+        uint64_t alloc_failed
+        uint64_t now_ns
+        void *host
+        mb_host_push_fn host_push
+        const char *graph_name
+
+    struct mb_engine_opts:
+        uint32_t npkts
+        uint32_t bufsize
+        uint32_t headroom
+
+    uint64_t mb_engine_size(const uint8_t *plan, uint32_t len, const mb_engine_opts *opts,
+                            const mb_kernel *const *kernels, uint32_t nkernels,
+                            char *err, uint32_t errlen)
+    mb_engine *mb_engine_init(void *arena, uint64_t size, const uint8_t *plan, uint32_t len,
+                              const mb_engine_opts *opts, const mb_kernel *const *kernels,
+                              uint32_t nkernels, char *err, uint32_t errlen)
+    uint32_t mb_engine_rx(mb_engine *eng, uint32_t dev, mb_packet **pkts, uint32_t n) nogil
+    uint32_t mb_engine_pull(mb_engine *eng) nogil
+    void mb_engine_run(mb_engine *eng) nogil
+    uint32_t mb_engine_tx(mb_engine *eng, uint32_t dev, mb_packet **out, uint32_t max) nogil
+
+
+cdef extern from *:
+    """
+    extern const struct mb_kernel *const mb_kernels[];
+    extern const uint32_t mb_nkernels;
+    """
+    const mb_kernel *const mb_kernels[]
+    const uint32_t mb_nkernels
+
+
+class EngineError(Exception):
+    """The engine refused a plan or failed while running."""
+
+
+# Output collected for one device while running: packet bytes and records.
+cdef struct outbuf:
+    uint8_t *data
+    uint64_t used
+    uint64_t cap
+    uint64_t *rec        # (offset, length, timestamp) triples
+    uint64_t nrec
+    uint64_t reccap
+
+
+cdef int outbuf_add(outbuf *o, mb_packet *p) noexcept nogil:
+    cdef uint64_t need = o.used + p.len
+    cdef uint64_t ncap
+    cdef void *np_
+    if need > o.cap:
+        ncap = o.cap * 2 if o.cap else 65536
+        while ncap < need:
+            ncap *= 2
+        np_ = realloc(o.data, ncap)
+        if np_ == NULL:
+            return -1
+        o.data = <uint8_t *>np_
+        o.cap = ncap
+    if o.nrec == o.reccap:
+        ncap = o.reccap * 2 if o.reccap else 1024
+        np_ = realloc(o.rec, ncap * 3 * sizeof(uint64_t))
+        if np_ == NULL:
+            return -1
+        o.rec = <uint64_t *>np_
+        o.reccap = ncap
+    memcpy(o.data + o.used, p.data, p.len)
+    o.rec[o.nrec * 3] = o.used
+    o.rec[o.nrec * 3 + 1] = p.len
+    o.rec[o.nrec * 3 + 2] = p.ts_ns
+    o.nrec += 1
+    o.used = need
+    return 0
+
+
+cdef uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+
+
+cdef void host_push(void *host, mb_elem *e, mb_packet **pkts, uint32_t n) noexcept with gil:
+    (<Engine>host)._python_push(e, pkts, n)
+
+
+cdef class Engine:
+    """One engine instance over one plan.
+
+    Engine(plan_bytes, packets=0, buffer_size=2048+128, headroom=128)
+    """
+
+    cdef mb_engine *eng
+    cdef void *arena
+    cdef bytes plan
+    cdef dict python_elements
+    cdef object failure
+    cdef int failed
+    cdef object packet_class
+
+    def __cinit__(self, bytes plan, uint32_t packets=0, uint32_t buffer_size=10240,
+                  uint32_t headroom=128):
+        cdef char err[192]
+        cdef mb_engine_opts opts
+        cdef uint64_t size
+        self.eng = NULL
+        self.arena = NULL
+        self.plan = plan
+        self.python_elements = {}
+        self.failure = None
+        self.failed = 0
+        opts.npkts = packets
+        opts.bufsize = buffer_size
+        opts.headroom = headroom
+        err[0] = 0
+        size = mb_engine_size(<const uint8_t *>plan, <uint32_t>len(plan), &opts,
+                              mb_kernels, mb_nkernels, err, sizeof(err))
+        if size == 0:
+            raise EngineError(err.decode(errors="replace"))
+        if posix_memalign(&self.arena, 64, size) != 0:
+            raise MemoryError(f"engine arena of {size} bytes")
+        self.eng = mb_engine_init(self.arena, size, <const uint8_t *>plan,
+                                  <uint32_t>len(plan), &opts, mb_kernels, mb_nkernels,
+                                  err, sizeof(err))
+        if self.eng == NULL:
+            raise EngineError(err.decode(errors="replace"))
+        self.eng.host = <void *>self
+        self.eng.host_push = host_push
+
+    def __dealloc__(self):
+        if self.arena != NULL:
+            free(self.arena)
+
+    # -- set-up ------------------------------------------------------------
+
+    def attach(self, uint32_t index, element):
+        """Run Python element `element` for plan element `index`."""
+        from middlebox.element import Packet
+        self.packet_class = Packet
+        if index >= self.eng.nelem:
+            raise IndexError(index)
+        self.python_elements[index] = element
+
+    @property
+    def graph_name(self):
+        return self.eng.graph_name.decode()
+
+    @property
+    def max_packet(self):
+        return mb_max_len(self.eng)
+
+    @property
+    def pool(self):
+        return {"packets": self.eng.npkts, "free": self.eng.nfree,
+                "buffer_size": self.eng.bufsize, "headroom": self.eng.headroom,
+                "alloc_failed": self.eng.alloc_failed}
+
+    def device_names(self):
+        return [self.eng.devs[i].name.decode() for i in range(self.eng.ndev)]
+
+    # -- Python elements ----------------------------------------------------
+
+    cdef void _python_push(self, mb_elem *e, mb_packet **pkts, uint32_t n):
+        cdef uint32_t i, port, length
+        cdef mb_packet *p
+        cdef const uint8_t[:] view
+        cdef list batch
+        cdef list used
+        if self.failed:
+            for i in range(n):
+                mb_drop(e, pkts[i])
+            return
+        element = self.python_elements.get(e.index)
+        Packet = self.packet_class
+        batch = []
+        for i in range(n):
+            p = pkts[i]
+            batch.append(Packet((<char *>p.data)[:p.len], p.port, p.ts_ns, p.paint))
+        used = [False] * n
+        ids = {id(obj): i for i, obj in enumerate(batch)}
+        try:
+            if element is None:
+                raise EngineError("no Python object attached")
+            result = element.process(batch)
+            for item in (result or ()):
+                port_obj, obj = item
+                port = port_obj
+                i = ids.get(id(obj), n)
+                if i < n and not used[i]:
+                    p = pkts[i]
+                    used[i] = True
+                else:
+                    p = mb_alloc(self.eng)
+                    if p == NULL:
+                        e.dropped += 1
+                        continue
+                    e.created += 1
+                    if i < n:
+                        p.ts_ns = pkts[i].ts_ns
+                view = memoryview(obj.data).cast("B")
+                length = view.shape[0]
+                if length > mb_max_len(self.eng):
+                    mb_drop(e, p)
+                    continue
+                p.data = p.head + self.eng.headroom
+                if length:
+                    memcpy(p.data, &view[0], length)
+                p.len = length
+                p.nh = NULL
+                p.paint = obj.paint
+                mb_emit(e, port, p)
+        except Exception as ex:  # user code: stop the run, report one line
+            self.failed = 1
+            self.failure = f"element '{e.name.decode()}': {type(ex).__name__}: {ex}"
+        for i in range(n):
+            if not used[i]:
+                mb_drop(e, pkts[i])
+
+    cdef _check_failure(self):
+        if self.failed:
+            msg = self.failure
+            self.failed = 0
+            self.failure = None
+            raise EngineError(msg)
+
+    # -- running over memory -------------------------------------------------
+
+    def run_records(self, list buffers, cnp.uint16_t[:] buf_index, cnp.uint32_t[:] devs,
+                    cnp.uint64_t[:] offsets, cnp.uint32_t[:] lengths,
+                    cnp.uint64_t[:] timestamps, collect, bint sources=True):
+        """Feed packets (packet k: buffers[buf_index[k]][offsets[k]:+lengths[k]],
+        entering device devs[k] at timestamps[k]) in order, in batches of
+        consecutive packets for one device, then let sources run dry.
+
+        collect: device indices whose transmitted packets are returned as
+        {dev: (bytes, offsets, lengths, timestamps)}; packets sent on other
+        devices are counted and freed. Returns (outputs, oversize) where
+        oversize counts input packets too large for a buffer, per device.
+        """
+        cdef uint64_t total = lengths.shape[0]
+        cdef uint32_t ndev = self.eng.ndev
+        cdef uint32_t nbuf = len(buffers)
+        cdef const uint8_t **bufp = <const uint8_t **>malloc((nbuf + 1) * sizeof(uint8_t *))
+        cdef uint64_t *buflen = <uint64_t *>malloc((nbuf + 1) * sizeof(uint64_t))
+        cdef outbuf *outs = <outbuf *>malloc((ndev + 1) * sizeof(outbuf))
+        cdef uint8_t *want = <uint8_t *>malloc(ndev + 1)
+        cdef uint64_t *oversize = <uint64_t *>malloc((ndev + 1) * sizeof(uint64_t))
+        cdef mb_packet *batch[MB_BATCH]
+        cdef mb_packet *txb[256]
+        cdef uint64_t k = 0, j
+        cdef uint32_t nb, d, dev, m, i, maxlen = mb_max_len(self.eng)
+        cdef uint32_t made = 1
+        cdef int oom = 0
+        cdef const uint8_t[:] view
+        cdef bint pull = sources
+        if not (bufp and buflen and outs and want and oversize):
+            free(bufp); free(buflen); free(outs); free(want); free(oversize)
+            raise MemoryError()
+        keep = []
+        for i in range(nbuf):
+            view = memoryview(buffers[i]).cast("B")
+            keep.append(view)
+            bufp[i] = &view[0] if view.shape[0] else NULL
+            buflen[i] = view.shape[0]
+        for d in range(ndev):
+            outs[d].data = NULL; outs[d].used = 0; outs[d].cap = 0
+            outs[d].rec = NULL; outs[d].nrec = 0; outs[d].reccap = 0
+            want[d] = 0
+            oversize[d] = 0
+        for d in collect:
+            if d < ndev:
+                want[d] = 1
+        try:
+            with nogil:
+                while (k < total or (pull and made)) and not self.failed and not oom:
+                    if k < total:
+                        dev = devs[k]
+                        nb = 0
+                        self.eng.now_ns = timestamps[k]
+                        while k < total and devs[k] == dev and nb < MB_BATCH:
+                            if (lengths[k] > maxlen or buf_index[k] >= nbuf or
+                                    offsets[k] > buflen[buf_index[k]] or
+                                    lengths[k] > buflen[buf_index[k]] - offsets[k]):
+                                if dev < ndev:
+                                    oversize[dev] += 1
+                                k += 1
+                                continue
+                            batch[nb] = mb_alloc(self.eng)
+                            if batch[nb] == NULL:
+                                break
+                            memcpy(batch[nb].data, bufp[buf_index[k]] + offsets[k], lengths[k])
+                            batch[nb].len = lengths[k]
+                            batch[nb].ts_ns = timestamps[k]
+                            nb += 1
+                            k += 1
+                        if nb:
+                            mb_engine_rx(self.eng, dev, batch, nb)
+                    if pull:
+                        made = mb_engine_pull(self.eng)
+                    mb_engine_run(self.eng)
+                    for d in range(ndev):
+                        while True:
+                            m = mb_engine_tx(self.eng, d, txb, 256)
+                            if m == 0:
+                                break
+                            for i in range(m):
+                                if want[d] and not oom:
+                                    if outbuf_add(&outs[d], txb[i]) != 0:
+                                        oom = 1
+                                mb_free(self.eng, txb[i])
+            if oom:
+                raise MemoryError("collecting output packets")
+            self._check_failure()
+            result = {}
+            for d in range(ndev):
+                if want[d]:
+                    data = (<char *>outs[d].data)[:outs[d].used] if outs[d].used else b""
+                    rec = np.empty((outs[d].nrec, 3), dtype=np.uint64)
+                    for j in range(outs[d].nrec):
+                        rec[j, 0] = outs[d].rec[j * 3]
+                        rec[j, 1] = outs[d].rec[j * 3 + 1]
+                        rec[j, 2] = outs[d].rec[j * 3 + 2]
+                    result[d] = (data, rec[:, 0].copy(), rec[:, 1].astype(np.uint32),
+                                 rec[:, 2].copy())
+            over = {d: oversize[d] for d in range(ndev) if oversize[d]}
+            return result, over
+        finally:
+            for d in range(ndev):
+                free(outs[d].data)
+                free(outs[d].rec)
+            free(bufp); free(buflen); free(outs); free(want); free(oversize)
+
+    def run_sources(self, uint64_t max_packets=0):
+        """Poll sources until they stop (or max_packets made), running the
+        graph and discarding what devices send. Returns (made, seconds)."""
+        cdef uint64_t made = 0, t0, t1
+        cdef uint32_t m, d, i, ndev = self.eng.ndev
+        cdef mb_packet *txb[256]
+        with nogil:
+            t0 = now_ns()
+            while not self.failed:
+                m = mb_engine_pull(self.eng)
+                if m == 0:
+                    break
+                made += m
+                mb_engine_run(self.eng)
+                for d in range(ndev):
+                    while True:
+                        m = mb_engine_tx(self.eng, d, txb, 256)
+                        if m == 0:
+                            break
+                        for i in range(m):
+                            mb_free(self.eng, txb[i])
+                if max_packets and made >= max_packets:
+                    break
+            t1 = now_ns()
+        self._check_failure()
+        return made, (t1 - t0) / 1e9
+
+    # -- counters --------------------------------------------------------------
+
+    def stats(self):
+        """[{name, kernel, in, out, dropped, created, ports, xstat}] in plan order."""
+        cdef uint32_t i, j
+        cdef mb_elem *e
+        out = []
+        for i in range(self.eng.nelem):
+            e = &self.eng.elems[i]
+            ports = [e.outs[j].count for j in range(e.nout)]
+            out.append({
+                "name": e.name.decode(), "kernel": e.k.name.decode(),
+                "in": e.in_, "out": sum(ports), "dropped": e.dropped,
+                "created": e.created, "ports": ports,
+                "xstat": [e.xstat[j] for j in range(MB_XSTATS)],
+            })
+        return out
+
+    def device_stats(self):
+        cdef uint32_t i
+        return [{"name": self.eng.devs[i].name.decode(), "rx": self.eng.devs[i].rx,
+                 "rx_dropped": self.eng.devs[i].rx_dropped, "tx": self.eng.devs[i].sent}
+                for i in range(self.eng.ndev)]
