@@ -38,7 +38,7 @@ static void to_device_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t 
     uint32_t i;
     for (i = 0; i < n; i++) {
         if (mb_dev_tx(e->eng, s->dev, pkts[i]) == 0)
-            e->xstat[0]++;
+            e->sent++;
         else
             mb_drop(e, pkts[i]);
     }
@@ -51,7 +51,7 @@ MB_KERNEL(from_device) = {
     .push = from_device_push,
 };
 
-/* xstat[0] "sent" counts packets handed to the device: the port count. */
+/* Packets handed to the device count as e->sent: they leave the graph. */
 MB_KERNEL(to_device) = {
     .name = "to_device",
     .state_size = dev_state_size,

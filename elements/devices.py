@@ -45,7 +45,7 @@ class FromDevice(_Device):
 class ToDevice(_Device):
     """Packets that reach this element are sent on a logical device.
 
-    Bound like FromDevice (`--out wan=out.pcap`). Counter `sent` counts
+    Bound like FromDevice (`--out wan=out.pcap`). Its `out` counter counts
     packets handed to the device; packets the device has no room for are
     dropped and counted.
 
@@ -56,7 +56,6 @@ class ToDevice(_Device):
     role = "tx"
     inputs = 1
     outputs = 0
-    xstats = ("sent",)
     device = Param(Str(), doc="logical device name")
 
 
@@ -92,7 +91,6 @@ class ToPcap(_Device):
     role = "tx"
     inputs = 1
     outputs = 0
-    xstats = ("sent",)
     file = Param(Str(), doc="pcap or pcapng file to write")
 
     def device_name(self):

@@ -266,7 +266,7 @@ static void hash_switch_push(struct mb_elem *e, struct mb_packet **pkts, uint32_
             mb_drop(e, p);
             continue;
         }
-        uint64_t h = p->data[off];
+        uint64_t h = hash_switch_hash(p->data + off, len);
         mb_emit(e, (uint32_t)(h % nout), p);
     }
 }

@@ -72,7 +72,7 @@ def _config_text(e):
 
 
 def summary(g, programs=False):
-    lines = [f"graph {g.name}: {g.description}".rstrip(": ")]
+    lines = [f"graph {g.name}" + (f": {g.description}" if g.description else "")]
     g.check()
     width = max([len(n) for n in g.elements] + [4])
     lines.append("elements:")
@@ -90,8 +90,12 @@ def summary(g, programs=False):
     return "\n".join(lines)
 
 
+def _dot_quote(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def dot_text(g):
-    out = [f'digraph "{g.name}" {{', "  rankdir=LR;",
+    out = [f"digraph {_dot_quote(g.name)} {{", "  rankdir=LR;",
            '  node [shape=record, fontname="Helvetica", fontsize=10];']
     for n, e in g.elements.items():
         label = f"{n}\\n{type(e).__name__}"
@@ -161,8 +165,11 @@ def cmd_run(args):
     _warn(g)
     ins = dict(_binding(b, "--in") for b in args.inputs)
     outs = dict(_binding(b, "--out") for b in args.outputs)
-    if len(ins) != len(args.inputs) or len(outs) != len(args.outputs):
-        raise ConfigError("a device is bound twice")
+    for flag, bindings in (("--in", args.inputs), ("--out", args.outputs)):
+        devs = [_binding(b, flag)[0] for b in bindings]
+        for dev in devs:
+            if devs.count(dev) > 1:
+                raise ConfigError(f"{flag} {dev}: device bound twice")
     receivers, senders = g.receivers(), g.senders()
     for dev in ins:
         if dev not in receivers:
@@ -293,15 +300,21 @@ def parser():
     return ap
 
 
+def _one_line(text):
+    """An error message as exactly one line."""
+    text = str(text)
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text
+
+
 def main(argv=None):
     try:
         args = parser().parse_args(argv)
         return args.fn(args)
     except ConfigError as e:
-        print(f"error: {e}" if not e.file else str(e), file=sys.stderr)
+        print(_one_line(f"error: {e}" if not e.file else e), file=sys.stderr)
         return 2
     except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(_one_line(f"error: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -311,8 +324,8 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001 - a bug: one line unless asked
         if os.environ.get("MIDDLEBOX_DEBUG"):
             raise
-        print(f"internal error: {type(e).__name__}: {e} (MIDDLEBOX_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(_one_line(f"internal error: {type(e).__name__}: {e} "
+                        "(MIDDLEBOX_DEBUG=1 for a traceback)"), file=sys.stderr)
         return 1
 
 

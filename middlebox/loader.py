@@ -15,6 +15,7 @@ in Python (the module is imported with the graph file's folder on sys.path).
 
 import difflib
 import importlib
+import importlib.machinery
 import os
 import sys
 
@@ -25,6 +26,12 @@ from middlebox.errors import ConfigError
 from middlebox.graph import Graph, parse_connection
 
 TOP_KEYS = ("name", "description", "elements", "connections")
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# Top-level modules imported for `class: module.Class`, by name: the file
+# each came from. One cached from another graph's folder is imported again
+# when this graph's folder has its own module of that name.
+_user_modules = {}
 
 
 def load(source, file=None):
@@ -53,8 +60,18 @@ def _line(node):
     return node.start_mark.line + 1
 
 
-def _value(node):
-    return yaml.constructor.SafeConstructor().construct_document(node)
+def _value(node, file=None):
+    """The Python value of a YAML node (safe types only)."""
+    if node.tag == MERGE_TAG:
+        raise ConfigError("YAML merge keys ('<<') are not supported; write the keys out",
+                          file, _line(node))
+    try:
+        return yaml.constructor.SafeConstructor().construct_document(node)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"bad YAML: {problem}", file,
+                          mark.line + 1 if mark else _line(node)) from None
 
 
 def parse(text, file="<graph>"):
@@ -65,15 +82,18 @@ def parse(text, file="<graph>"):
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"bad YAML: {problem}", file, mark.line + 1 if mark else None) from None
     if root is None:
-        raise ConfigError("empty graph file", file)
+        raise ConfigError("empty graph file", file, 1)
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError("a graph is a mapping with 'elements' and 'connections'", file, _line(root))
     top = {}
     for k, v in root.value:
-        key = _value(k)
+        key = _value(k, file)
         if key not in TOP_KEYS:
             raise ConfigError(f"unknown top-level key '{key}' (expected: {', '.join(TOP_KEYS)})",
                               file, _line(k))
+        if key in top:
+            raise ConfigError(f"top-level key '{key}' given twice (first on line "
+                              f"{_line(top[key][0])})", file, _line(k))
         top[key] = (k, v)
     if "elements" not in top:
         raise ConfigError("the graph has no 'elements'", file, 1)
@@ -92,7 +112,7 @@ def _scalar(top, key, file):
     node = top[key][1]
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigError(f"'{key}' must be a string", file, _line(node))
-    return _value(node)
+    return _value(node, file)
 
 
 def _elements(g, node, file):
@@ -100,31 +120,52 @@ def _elements(g, node, file):
         raise ConfigError("'elements' must map names to {class: ..., params}", file, _line(node))
     base = os.path.dirname(os.path.abspath(file)) if os.path.exists(file) else os.getcwd()
     for knode, vnode in node.value:
-        name = _value(knode)
+        name = _value(knode, file)
         line = _line(knode)
         if not isinstance(name, str):
             raise ConfigError(f"element name {name!r} is not a string", file, line)
         if name in g.elements:
-            raise ConfigError("declared twice", file, line, name)
-        if isinstance(vnode, yaml.ScalarNode):
-            # Shorthand for an element without parameters: `drop: Discard`.
-            config_nodes = {"class": vnode}
-        elif isinstance(vnode, yaml.MappingNode):
-            config_nodes = {}
-            for pk, pv in vnode.value:
-                config_nodes[_value(pk)] = pv
-        else:
-            raise ConfigError("expected {class: NAME, parameter: value, ...}", file, line, name)
-        if "class" not in config_nodes:
-            raise ConfigError("missing 'class'", file, line, name)
-        cls = find_class(_value(config_nodes.pop("class")), base, file, line, name)
-        config = {k: _value(v) for k, v in config_nodes.items()}
-        lines = {k: _line(v) for k, v in config_nodes.items()}
+            raise ConfigError(f"declared twice (first on line {g.elements[name].line})",
+                              file, line, name)
         try:
-            element = cls.from_config(name, config, line=line, lines=lines, file=file)
+            element = _element(name, line, vnode, base, file)
         except ConfigError as e:
             raise e.locate(file, line, name)
         g.add(name, element, line)
+
+
+def _element(name, line, vnode, base, file):
+    """One element instance from its YAML node (a mapping, or a class name)."""
+    if isinstance(vnode, yaml.ScalarNode):
+        # Shorthand for an element without parameters: `drop: Discard`.
+        config_nodes = {"class": vnode}
+    elif isinstance(vnode, yaml.MappingNode):
+        config_nodes = {}
+        for pk, pv in vnode.value:
+            key = _value(pk, file)
+            if not isinstance(key, str):
+                raise ConfigError(f"parameter name {key!r} is not a string",
+                                  file, _line(pk), name)
+            if key in config_nodes:
+                raise ConfigError(f"parameter '{key}' given twice", file, _line(pk), name)
+            config_nodes[key] = pv
+    else:
+        raise ConfigError("expected {class: NAME, parameter: value, ...}", file, line, name)
+    if "class" not in config_nodes:
+        raise ConfigError("missing 'class'", file, line, name)
+    cnode = config_nodes.pop("class")
+    cls = find_class(_value(cnode, file), base, file, _line(cnode), name)
+    config = {k: _value(v, file) for k, v in config_nodes.items()}
+    lines = {k: _line(v) for k, v in config_nodes.items()}
+    try:
+        return cls.from_config(name, config, line=line, lines=lines, file=file)
+    except ConfigError as e:
+        raise e.locate(file, line, name)
+    except Exception as e:  # noqa: BLE001 - user code: report, don't trace
+        if cls.__module__.startswith("middlebox."):
+            raise  # a bug in a built-in element: let it show
+        raise ConfigError(f"{cls.__name__} failed to configure: {type(e).__name__}: "
+                          f"{_one_line(e)}", file, line, name) from None
 
 
 def find_class(clsname, base, file, line, name):
@@ -143,22 +184,50 @@ def find_class(clsname, base, file, line, name):
     modname, _, attr = clsname.rpartition(".")
     if base not in sys.path:
         sys.path.insert(0, base)
+    top = modname.partition(".")[0]
+    _forget_other_folder(top, base)
+    fresh = top not in sys.modules
     try:
         mod = importlib.import_module(modname)
-    except Exception as e:  # noqa: BLE001 - user code: report, don't trace
-        raise ConfigError(f"cannot import '{modname}': {type(e).__name__}: {e}",
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code: report, don't trace
+        raise ConfigError(f"cannot import '{modname}': {type(e).__name__}: {_one_line(e)}",
                           file, line, name) from None
+    if fresh and top in sys.modules:
+        _user_modules[top] = getattr(sys.modules[top], "__file__", None)
     cls = getattr(mod, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Element)):
         raise ConfigError(f"'{clsname}' is not an element class", file, line, name)
+    if not cls.kernel:
+        raise ConfigError(f"'{clsname}' has no kernel; a Python element derives from "
+                          "middlebox.element.PythonElement", file, line, name)
     return cls
+
+
+def _one_line(exc):
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _forget_other_folder(top, base):
+    """Drop a user module cached from another graph's folder when this
+    graph's folder has its own module of that name."""
+    where = _user_modules.get(top)
+    cached = sys.modules.get(top)
+    if not where or cached is None or getattr(cached, "__file__", None) != where:
+        return  # never imported for a graph, or not by us (stdlib, installed package)
+    spec = importlib.machinery.PathFinder.find_spec(top, [base])
+    if spec is None or not spec.origin or os.path.realpath(spec.origin) == os.path.realpath(where):
+        return
+    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+        del sys.modules[key]
+    del _user_modules[top]
 
 
 def _connections(g, node, file):
     if not isinstance(node, yaml.SequenceNode):
         raise ConfigError("'connections' must be a list of 'a -> b' strings", file, _line(node))
     for item in node.value:
-        text = _value(item)
+        text = _value(item, file)
         if not isinstance(text, str):
             raise ConfigError(f"connection {text!r} is not a string like 'a -> b'", file, _line(item))
         for c in parse_connection(text, file, _line(item)):

@@ -404,7 +404,7 @@ def _parse_pcapng(buf, name):
             if not ifaces:
                 raise RunError(f"{name}: packet {number} refers to interface 0, "
                                f"which is not described")
-            caplen = min(u32(buf, pos + 8)[0], blen - 16)
+            caplen = blen - 16
             snap = all_ifaces[ifaces[0]].snaplen
             if snap:
                 caplen = min(caplen, snap)

@@ -58,6 +58,7 @@ cdef extern from "mb.h":
         uint64_t in_ "in"
         uint64_t created
         uint64_t dropped
+        uint64_t sent
         uint64_t xstat[MB_XSTATS]
 
     mb_packet *mb_alloc(mb_engine *eng) nogil
@@ -457,7 +458,7 @@ cdef class Engine:
             ports = [e.outs[j].count for j in range(e.nout)]
             out.append({
                 "name": e.name.decode(), "kernel": e.k.name.decode(),
-                "in": e.in_, "out": sum(ports), "dropped": e.dropped,
+                "in": e.in_, "out": sum(ports) + e.sent, "dropped": e.dropped,
                 "created": e.created, "ports": ports,
                 "xstat": [e.xstat[j] for j in range(MB_XSTATS)],
             })

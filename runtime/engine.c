@@ -23,11 +23,14 @@ static int str_eq(const char *a, const char *b)
     return *a == *b;
 }
 
-/* Append src to dst[*pos..cap), keeping it NUL-terminated. */
+/* Append src to dst[*pos..cap), keeping it NUL-terminated; bytes that
+ * are not printable ASCII (a corrupt plan's names) become '?'. */
 static void str_put(char *dst, uint32_t cap, uint32_t *pos, const char *src)
 {
-    while (*src && *pos + 1 < cap)
-        dst[(*pos)++] = *src++;
+    for (; *src && *pos + 1 < cap; src++) {
+        unsigned char c = (unsigned char)*src;
+        dst[(*pos)++] = (char)(c >= 0x20 && c < 0x7f ? c : '?');
+    }
     if (cap)
         dst[*pos < cap ? *pos : cap - 1] = 0;
 }
@@ -297,6 +300,7 @@ static int plan_parse(const uint8_t *b, uint32_t len, struct plan_view *v,
     v->name_off = mb_le32(b + 48);
     v->min_packets = mb_le32(b + 52);
     if (v->nelem > 65536 || v->nport > 1u << 20 || v->ndev > 1024 ||
+        v->min_packets > 1u << 18 ||
         !in_plan(v, v->elems_off, (uint64_t)v->nelem * MB_PLAN_ELEM) ||
         !in_plan(v, v->ports_off, (uint64_t)v->nport * MB_PLAN_PORT) ||
         !in_plan(v, v->devs_off, (uint64_t)v->ndev * MB_PLAN_DEV) ||

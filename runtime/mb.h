@@ -178,12 +178,13 @@ struct mb_elem {
     uint64_t in;                    /* packets received */
     uint64_t created;               /* packets made here (sources, Tee copies) */
     uint64_t dropped;               /* packets freed here, for any reason */
+    uint64_t sent;                  /* packets handed to a device here */
     uint64_t xstat[MB_XSTATS];      /* named by the element's Python class */
 };
 
 /*
  * A kernel: the C half of an element class. Invariant kept by every kernel:
- * in + created == sum(outs[].count) + dropped.
+ * in + created == sum(outs[].count) + sent + dropped.
  */
 struct mb_kernel {
     const char *name;
