@@ -254,8 +254,14 @@ class Element:
         """Output ports; `connected` is 1 + the highest port used in the graph."""
         return self.outputs
 
-    def state(self):
-        """Values a kernel's init needs but the YAML doesn't carry."""
+    def emit_bound(self, arriving):
+        """Most packets one output can emit in one engine pass, given the
+        most that can arrive in one pass (sizes downstream queues)."""
+        return 32 if self.source else arriving
+
+    def held_capacity(self):
+        """Most packets the kernel keeps across passes (Queue, ARPQuerier)."""
+        return 0
 
     def lower(self, ctx):
         """Configuration as bytes for the kernel (ctx: plan.LowerContext)."""

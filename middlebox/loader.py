@@ -77,10 +77,13 @@ def _value(node, file=None):
 def parse(text, file="<graph>"):
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = text[:e.position].count("\n") + 1 if isinstance(text, str) else 1
+        raise ConfigError(f"bad YAML: {e.reason} character {e.character!r}", file, line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"bad YAML: {problem}", file, mark.line + 1 if mark else None) from None
+        raise ConfigError(f"bad YAML: {problem}", file, mark.line + 1 if mark else 1) from None
     if root is None:
         raise ConfigError("empty graph file", file, 1)
     if not isinstance(root, yaml.MappingNode):
@@ -139,8 +142,10 @@ def _element(name, line, vnode, base, file):
     if isinstance(vnode, yaml.ScalarNode):
         # Shorthand for an element without parameters: `drop: Discard`.
         config_nodes = {"class": vnode}
+        key_lines = {}
     elif isinstance(vnode, yaml.MappingNode):
         config_nodes = {}
+        key_lines = {}
         for pk, pv in vnode.value:
             key = _value(pk, file)
             if not isinstance(key, str):
@@ -149,6 +154,7 @@ def _element(name, line, vnode, base, file):
             if key in config_nodes:
                 raise ConfigError(f"parameter '{key}' given twice", file, _line(pk), name)
             config_nodes[key] = pv
+            key_lines[key] = _line(pk)
     else:
         raise ConfigError("expected {class: NAME, parameter: value, ...}", file, line, name)
     if "class" not in config_nodes:
@@ -156,7 +162,14 @@ def _element(name, line, vnode, base, file):
     cnode = config_nodes.pop("class")
     cls = find_class(_value(cnode, file), base, file, _line(cnode), name)
     config = {k: _value(v, file) for k, v in config_nodes.items()}
-    lines = {k: _line(v) for k, v in config_nodes.items()}
+    # A parameter's errors point at its key; item i of a list value is at
+    # lines[(key, i)], for elements that report one item.
+    lines = {}
+    for k, v in config_nodes.items():
+        lines[k] = key_lines[k]
+        if isinstance(v, yaml.SequenceNode):
+            for i, item in enumerate(v.value):
+                lines[(k, i)] = _line(item)
     try:
         return cls.from_config(name, config, line=line, lines=lines, file=file)
     except ConfigError as e:

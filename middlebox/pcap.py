@@ -21,12 +21,13 @@ Packets are numbered from 1 in messages, as Wireshark numbers them.
 
 import os
 import struct
+from array import array
 
 import numpy as np
 
 from middlebox.errors import RunError
 
-__all__ = ["Capture", "read", "write", "write_records", "MAX_CAPLEN"]
+__all__ = ["Capture", "read", "parse", "write", "write_records", "MAX_CAPLEN"]
 
 #: Largest captured length accepted when reading (lenient: tcpdump's default
 #: snap length is 262144).
@@ -173,7 +174,7 @@ def read(path):
     except PermissionError:
         raise RunError(f"{name}: permission denied") from None
     except OSError as e:
-        raise RunError(f"{name}: {e.strerror or e}") from None
+        raise RunError(f"{name}: {_reason(e)}") from None
     return parse(buf, name)
 
 
@@ -243,7 +244,6 @@ def _parse_classic(buf, name, endian, nanos):
 
 def _index_classic(buf, name, endian):
     """Start of each packet's data, walking the records one by one."""
-    from array import array
     unpack = struct.Struct(endian + "I").unpack_from
     size = len(buf)
     out = array("Q")
@@ -289,21 +289,22 @@ class _Iface:
             self.nanos = True
 
     def to_ns(self, units):
-        """Vectorised conversion of a uint64 array of time units to ns."""
-        if self.shift == 0 and self.div == 1:
-            ns = units * np.uint64(self.mul)
-        else:  # rare resolutions: exact integer arithmetic
-            ns = np.array([((u * self.mul) >> self.shift) // self.div
-                           for u in units.tolist()], dtype=np.uint64)
-        if self.offset > 0:
-            ns = ns + np.uint64(self.offset * _NS)
-        elif self.offset < 0:
-            ns = ns - np.uint64(-self.offset * _NS)
-        return ns
+        """Convert a uint64 array of time units to ns since the epoch;
+        None if some result does not fit in 64 bits (or is negative)."""
+        off = self.offset * _NS
+        if self.shift == 0 and self.div == 1 and off >= 0:
+            if len(units) == 0 or int(units.max()) <= (2 ** 64 - 1 - off) // self.mul:
+                ns = units * np.uint64(self.mul)
+                return ns + np.uint64(off) if off else ns
+        # the rest (rare resolutions, offsets, overflow): exact integers
+        vals = [(((u * self.mul) >> self.shift) // self.div) + off
+                for u in units.tolist()]
+        if vals and (min(vals) < 0 or max(vals) >= 2 ** 64):
+            return None
+        return np.array(vals, dtype=np.uint64)
 
 
 def _parse_pcapng(buf, name):
-    from array import array
     size = len(buf)
     pos = 0
     e = "<"
@@ -404,7 +405,7 @@ def _parse_pcapng(buf, name):
             if not ifaces:
                 raise RunError(f"{name}: packet {number} refers to interface 0, "
                                f"which is not described")
-            caplen = blen - 16
+            caplen = min(u32(buf, pos + 8)[0], blen - 16)
             snap = all_ifaces[ifaces[0]].snaplen
             if snap:
                 caplen = min(caplen, snap)
@@ -444,13 +445,14 @@ def _parse_pcapng(buf, name):
                            f"{all_ifaces[k].linktype}, unlike packet 1 "
                            f"(link type {linktype}); mixed link types are not "
                            f"supported")
-    if len(used) == 1:
-        timestamps = all_ifaces[used[0]].to_ns(units_arr)
-    else:
-        timestamps = np.empty(n, dtype=np.uint64)
-        for k in used:
-            sel = ifarr == k
-            timestamps[sel] = all_ifaces[k].to_ns(units_arr[sel])
+    timestamps = np.empty(n, dtype=np.uint64)
+    for k in used:
+        sel = slice(None) if len(used) == 1 else ifarr == k
+        ns = all_ifaces[k].to_ns(units_arr[sel])
+        if ns is None:
+            raise RunError(f"{name}: a packet timestamp is out of range "
+                           f"(before 1970 or after 2554)")
+        timestamps[sel] = ns
     nanos = any(all_ifaces[k].nanos for k in used)
     return Capture(linktype, buf, positions, lengths.astype(np.uint32),
                    timestamps, nanos)
@@ -582,7 +584,13 @@ def write_records(path, linktype, data, offsets, lengths, timestamps,
             f.write(header)
             _write_body(f, src, offsets, lengths, prefix, suffix, align)
     except OSError as e:
-        raise RunError(f"cannot write {name}: {e.strerror or e}") from None
+        raise RunError(f"cannot write {name}: {_reason(e)}") from None
+
+
+def _reason(e):
+    """An OSError's reason, lowercase as in the project's messages."""
+    text = e.strerror or str(e)
+    return text[:1].lower() + text[1:]
 
 
 def _choose_format(name, format):

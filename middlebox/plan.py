@@ -80,14 +80,15 @@ def build(graph):
     # Queue capacity: the most packets that can arrive in one pass. Sources
     # and receivers emit one batch per pass; every other element at most
     # its own queue's worth on each output (Tee copies once per output).
-    cap = {}
+    cap, bound = {}, {}
     for n in order:
         e = els[n]
         if graph.nin[n] == 0:
             cap[n] = BATCH
         else:
-            cap[n] = max(BATCH, sum(cap[s] for s in incoming[n]))
-        if cap[n] > MAX_QUEUE:
+            cap[n] = max(BATCH, sum(bound[s] for s in incoming[n]))
+        bound[n] = els[n].emit_bound(cap[n])
+        if max(cap[n], bound[n]) > MAX_QUEUE:
             raise ConfigError(f"up to {cap[n]} packets could queue here in one pass "
                               f"(limit {MAX_QUEUE}); the graph fans out too much",
                               graph.file, e.line, n)
@@ -95,7 +96,8 @@ def build(graph):
     for d, senders in graph.senders().items():
         tx_cap[d] = sum(cap[s] for s in senders)
     receivers = graph.receivers()
-    min_packets = sum(cap.values()) + sum(tx_cap.values()) + BATCH
+    min_packets = (sum(cap.values()) + sum(tx_cap.values()) + BATCH
+                   + sum(e.held_capacity() for e in els.values()))
 
     strings = bytearray()
     str_at = {}

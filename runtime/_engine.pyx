@@ -59,6 +59,7 @@ cdef extern from "mb.h":
         uint64_t created
         uint64_t dropped
         uint64_t sent
+        uint64_t held
         uint64_t xstat[MB_XSTATS]
 
     mb_packet *mb_alloc(mb_engine *eng) nogil
@@ -459,7 +460,7 @@ cdef class Engine:
             out.append({
                 "name": e.name.decode(), "kernel": e.k.name.decode(),
                 "in": e.in_, "out": sum(ports) + e.sent, "dropped": e.dropped,
-                "created": e.created, "ports": ports,
+                "created": e.created, "held": e.held, "ports": ports,
                 "xstat": [e.xstat[j] for j in range(MB_XSTATS)],
             })
         return out

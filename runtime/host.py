@@ -97,6 +97,8 @@ class Engine:
             e = els[s["name"]]
             row = {"class": type(e).__name__, "in": s["in"], "out": s["out"],
                    "dropped": s["dropped"], "created": s["created"], "ports": s["ports"]}
+            if s["held"]:
+                row["held"] = s["held"]
             for i, xname in enumerate(getattr(e, "xstats", ())):
                 row[xname] = s["xstat"][i]
             out[s["name"]] = row

@@ -179,12 +179,15 @@ struct mb_elem {
     uint64_t created;               /* packets made here (sources, Tee copies) */
     uint64_t dropped;               /* packets freed here, for any reason */
     uint64_t sent;                  /* packets handed to a device here */
+    uint64_t held;                  /* packets kept for later now (Queue, ARPQuerier) */
     uint64_t xstat[MB_XSTATS];      /* named by the element's Python class */
 };
 
 /*
  * A kernel: the C half of an element class. Invariant kept by every kernel:
- * in + created == sum(outs[].count) + sent + dropped.
+ * in + created == sum(outs[].count) + sent + dropped + held.
+ * A kernel that keeps packets across calls counts them in e->held and
+ * declares the most it keeps (Python: held_capacity()), so the pool has room.
  */
 struct mb_kernel {
     const char *name;

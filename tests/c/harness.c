@@ -6,7 +6,7 @@
  *   harness PLAN PACKETS [--polls N] [--fix-checksum]
  *
  * PACKETS holds records (u32 device, u32 length, bytes), little-endian.
- * Exit 0: ran, and every element kept in + created == out + sent + dropped
+ * Exit 0: ran, and every element kept in + created == out + sent + dropped + held
  * and the pool got every packet back. Exit 4: the engine refused the plan
  * (a clean refusal is the right answer to a corrupt plan). Exit 3: an
  * invariant broke. Sanitizer reports abort with their own exit code.
@@ -147,9 +147,11 @@ int main(int argc, char **argv)
         mb_engine_run(eng);
         drain(eng);
     }
+    uint64_t held = 0;
     for (uint32_t i = 0; i < eng->nelem; i++) {
         struct mb_elem *e = &eng->elems[i];
-        uint64_t out = e->sent + e->dropped;
+        held += e->held;
+        uint64_t out = e->sent + e->dropped + e->held;
         for (uint32_t j = 0; j < e->nout; j++)
             out += e->outs[j].count;
         if (e->in + e->created != out || e->q.n) {
@@ -159,8 +161,9 @@ int main(int argc, char **argv)
             return 3;
         }
     }
-    if (eng->nfree != eng->npkts) {
-        printf("pool leak: %u of %u packets free\n", eng->nfree, eng->npkts);
+    if (eng->nfree + held != eng->npkts) {
+        printf("pool leak: %u of %u packets free, %llu held\n", eng->nfree, eng->npkts,
+               (unsigned long long)held);
         return 3;
     }
     printf("ok: %u elements\n", eng->nelem);
