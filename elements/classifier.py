@@ -20,12 +20,14 @@ A node's targets always point to later nodes, so a walk ends after at most
 nnodes tests; the kernel checks that (and every other field) at init.
 """
 
+import bisect
 import struct
 
 from middlebox.element import Element, List, Param, Str
 
 VERSION = 1
 DROP = -0x80000000
+INFINITY = float("inf")
 MAX_OFFSET = 65535
 HEADER = struct.Struct("<IIIi")
 NODE = struct.Struct("<IIIIii")
@@ -166,37 +168,45 @@ def pattern_steps(clauses):
 class Knowledge:
     """What the tests on one path through the program have shown.
 
-    lmin   -- the packet is at least this long (some true test needed it)
-    known  -- {aligned offset: (mask, value)} bits shown by true tests
-    false  -- tests shown false
+    lmin   -- the packet is at least this long (a true test needed it)
+    lmax   -- the packet is shorter than this (a false test whose bits were
+              all known to hold)
+    known  -- {aligned offset: (mask, value)}: bits shown by true tests
+    false  -- tests shown false that none of the above explains
     Only sound deductions are made; 'unknown' is always a safe answer.
     """
 
-    __slots__ = ("lmin", "known", "false", "key")
+    __slots__ = ("lmin", "lmax", "known", "false")
 
-    def __init__(self, lmin=0, known=None, false=frozenset()):
-        self.lmin = lmin
-        self.known = known or {}
-        self.false = false
-        self.key = (lmin, frozenset(self.known.items()), false)
+    def __init__(self, lmin=0, lmax=INFINITY, known=None, false=()):
+        known = known or {}
+        kept = []
+        for f in false:
+            km, kv = known.get(f.off, (0, 0))
+            if f.need >= lmax or (kv ^ f.value) & km & f.mask:
+                continue                    # length or known bits explain it
+            if not (f.mask & ~km):
+                lmax = min(lmax, f.need)    # its bits hold: it was too short
+                continue
+            kept.append(f)
+        self.lmin, self.lmax, self.known, self.false = lmin, lmax, known, frozenset(kept)
 
     def implies(self, t):
         """True/False if t's outcome follows from what is known, else None."""
+        if t.need >= self.lmax:
+            return False
         km, kv = self.known.get(t.off, (0, 0))
         if (kv ^ t.value) & km & t.mask:
             return False            # known bits contradict t
         if t.need <= self.lmin and not (t.mask & ~km):
             return True             # long enough, and all of t's bits known
-        # If t held, the packet would be at least `reach` long and these
-        # bits would be known; a known-false test then cannot be false.
+        # If t held, the packet would be at least `reach` long and t's bits
+        # would join the known ones: a test shown false would then hold.
         reach = max(t.need, self.lmin)
+        fm, fv = km | t.mask, kv | t.value
         for f in self.false:
-            if f.need > reach:
-                continue
-            fm, fv = self.known.get(f.off, (0, 0))
-            if f.off == t.off:
-                fm, fv = fm | t.mask, fv | t.value
-            if not (f.mask & ~fm) and not ((fv ^ f.value) & f.mask):
+            if (f.off == t.off and f.need <= reach and not (f.mask & ~fm)
+                    and not ((fv ^ f.value) & f.mask)):
                 return False
         return None
 
@@ -205,10 +215,27 @@ class Knowledge:
         km, kv = known.get(t.off, (0, 0))
         if t.mask:
             known[t.off] = (km | t.mask, kv | t.value)
-        return Knowledge(max(self.lmin, t.need), known, self.false)
+        return Knowledge(max(self.lmin, t.need), self.lmax, known, self.false)
 
     def fails(self, t):
-        return Knowledge(self.lmin, self.known, self.false | {t})
+        return Knowledge(self.lmin, self.lmax, self.known, self.false | {t})
+
+    def key(self, offsets, needs):
+        """A key equal for two states that decide every test left alike.
+
+        offsets/needs: those of the tests still to come. Facts about other
+        words are dropped, and lmin/lmax are rounded to the needs that can
+        still be compared with them.
+        """
+        false = frozenset(f for f in self.false if f.off in offsets)
+        if false:
+            needs = sorted(set(needs).union(f.need for f in false))
+        i = bisect.bisect_right(needs, self.lmin)
+        lmin = needs[i - 1] if i else 0
+        j = bisect.bisect_left(needs, self.lmax)
+        lmax = needs[j] if j < len(needs) else INFINITY
+        known = frozenset((o, mv) for o, mv in self.known.items() if o in offsets)
+        return lmin, lmax, known, false
 
 
 class _TooBig(Exception):
@@ -258,12 +285,24 @@ class Program:
         """A decision DAG that never repeats a test whose outcome is known.
 
         Each path carries what its tests have shown (Knowledge); a test whose
-        outcome follows is skipped. Subprograms reached with the same
+        outcome follows is skipped. Subprograms reached with equivalent
         knowledge are shared, and identical nodes are merged. Raises _TooBig
-        past `limit` nodes.
+        past `limit` nodes or 4 x `limit` steps of work.
         """
         npat = len(self.steps)
+        # Offsets and needs of the tests from (pattern p, step s) on.
+        rest = {}
+        offsets, needs = frozenset(), ()
+        for p in reversed(range(npat)):
+            for s in reversed(range(len(self.steps[p] or ()))):
+                t = self.steps[p][s][0]
+                if t.off not in offsets:
+                    offsets = offsets | {t.off}
+                if t.need not in needs:
+                    needs = tuple(sorted(needs + (t.need,)))
+                rest[p, s] = (offsets, needs)
         memo = {}
+        work = [4 * limit]
 
         def build(p, s, k):
             while p < npat and self.steps[p] is None:
@@ -273,9 +312,12 @@ class Program:
             steps = self.steps[p]
             if s == len(steps):
                 return -(p + 1)
-            key = (p, s, k.key)
+            key = (p, s, k.key(*rest[p, s]))
             if key in memo:
                 return memo[key]
+            work[0] -= 1
+            if work[0] < 0:
+                raise _TooBig()
             test, yes, no = steps[s]
             outcome = k.implies(test)
             if outcome is True:

@@ -12,6 +12,7 @@ from middlebox.element import Element, Int, Param
 # Most outputs a switch may have (the engine's port numbers are 16-bit; this
 # keeps plans small and catches typos).
 MAX_OUTPUTS = 1024
+N_DOC = "number of outputs; unset: as many as are connected"
 
 
 def _outputs(n, connected):
@@ -60,8 +61,8 @@ class Tee(Element):
     kernel = "tee"
     inputs = 1
     outputs = 1
-    outputs_doc = "n (default: one per connected output)"
-    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc="number of outputs")
+    outputs_doc = "1 or more (n)"
+    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc=N_DOC)
 
     def noutputs(self, connected=0):
         return _outputs(self.n, connected)
@@ -96,8 +97,8 @@ class PaintSwitch(Element):
     kernel = "paint_switch"
     inputs = 1
     outputs = 1
-    outputs_doc = "n (default: one per connected output)"
-    n = Param(Int(min=1, max=256), default=None, doc="number of outputs")
+    outputs_doc = "1 or more (n)"
+    n = Param(Int(min=1, max=256), default=None, doc=N_DOC)
 
     def noutputs(self, connected=0):
         return _outputs(self.n, connected)
@@ -115,8 +116,8 @@ class RoundRobinSwitch(Element):
     kernel = "round_robin_switch"
     inputs = 1
     outputs = 1
-    outputs_doc = "n (default: one per connected output)"
-    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc="number of outputs")
+    outputs_doc = "1 or more (n)"
+    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc=N_DOC)
 
     def noutputs(self, connected=0):
         return _outputs(self.n, connected)
@@ -144,11 +145,11 @@ class HashSwitch(Element):
     kernel = "hash_switch"
     inputs = 1
     outputs = 1
-    outputs_doc = "n (default: one per connected output)"
+    outputs_doc = "1 or more (n)"
     xstats = ("short",)
     offset = Param(Int(min=0, max=65535), doc="first byte hashed")
     length = Param(Int(min=1, max=65535), doc="number of bytes hashed")
-    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc="number of outputs")
+    n = Param(Int(min=1, max=MAX_OUTPUTS), default=None, doc=N_DOC)
 
     def noutputs(self, connected=0):
         return _outputs(self.n, connected)

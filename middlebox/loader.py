@@ -79,7 +79,8 @@ def parse(text, file="<graph>"):
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
         line = text[:e.position].count("\n") + 1 if isinstance(text, str) else 1
-        raise ConfigError(f"bad YAML: {e.reason} character {e.character!r}", file, line) from None
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise ConfigError(f"bad YAML: {e.reason} (character U+{code:04X})", file, line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]

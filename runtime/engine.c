@@ -77,6 +77,10 @@ struct mb_packet *mb_alloc(struct mb_engine *eng)
     eng->free_list = p->next_free;
     eng->nfree--;
     p->next_free = 0;
+#ifdef MB_DEBUG
+    if (!(p->flags & MB_PKT_FREE))
+        __builtin_trap();
+#endif
     p->data = p->head + eng->headroom;
     p->len = 0;
     p->port = 0;
@@ -90,6 +94,13 @@ struct mb_packet *mb_alloc(struct mb_engine *eng)
 
 void mb_free(struct mb_engine *eng, struct mb_packet *p)
 {
+#ifdef MB_DEBUG
+    /* Checked builds (the sanitizer harness): a packet freed twice, or a
+     * pointer that is not one of the pool's packets, stops the program. */
+    if (p->flags & MB_PKT_FREE)
+        __builtin_trap();
+    p->flags |= MB_PKT_FREE;
+#endif
     p->next_free = eng->free_list;
     eng->free_list = p;
     eng->nfree++;
@@ -454,6 +465,7 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
             p->room = bufsize;
             p->data = p->head + headroom;
             p->next_free = i + 1 < npkts ? &pkts[i + 1] : 0;
+            p->flags = MB_PKT_FREE;
         }
         eng->free_list = npkts ? &pkts[0] : 0;
         eng->nfree = npkts;

@@ -22,6 +22,7 @@ int memcmp(const void *a, const void *b, size_t n);
 #define MB_BATCH 32          /* packets a device hands over per call */
 #define MB_XSTATS 8          /* kernel-specific counters per element */
 #define MB_UNCONNECTED 0xFFFFFFFFu
+#define MB_PKT_FREE 0x80        /* p->flags: in the pool (checked builds) */
 
 #if defined(__GNUC__)
 #define MB_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -66,6 +67,17 @@ static inline uint32_t mb_tailroom(const struct mb_packet *p)
 static inline int mb_has(const struct mb_packet *p, uint32_t off, uint32_t n)
 {
     return off <= p->len && n <= p->len - off;
+}
+
+/* Offset of the network header annotation from p->data when it is set,
+ * lies inside the packet and has at least n bytes after it; else -1. */
+static inline int32_t mb_nh_off(const struct mb_packet *p, uint32_t n)
+{
+    uint32_t off;
+    if (!p->nh || p->nh < p->data)
+        return -1;
+    off = (uint32_t)(p->nh - p->data);
+    return mb_has(p, off, n) ? (int32_t)off : -1;
 }
 
 /* Remove n bytes from the front; 0 on success, -1 if the packet is shorter. */

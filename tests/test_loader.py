@@ -203,6 +203,12 @@ def test_empty_file(tmp_path, capsys):
                  line=1)
 
 
+def test_control_character(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_text(HEAD + "  x: Discard\n  y: Dis\x07card   #!\n")
+    assert_error(path, capsys, None, "bad YAML: special characters are not allowed (character U+0007)")
+
+
 def test_missing_file(tmp_path, capsys):
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match="no such file"):

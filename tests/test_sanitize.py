@@ -32,7 +32,7 @@ def harness(tmp_path_factory):
     table = kernel_table.write_table(kernels, d / "kernel_table.c")
     exe = d / "harness"
     cmd = [GCC, "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
-           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-Wall", "-Wextra",
+           "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-DMB_DEBUG",
            "-I", str(ROOT / "runtime"), str(ROOT / "tests" / "c" / "harness.c"), str(table),
            *SHARED_C, "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True)
