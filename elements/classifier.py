@@ -233,7 +233,7 @@ class Knowledge:
         i = bisect.bisect_right(needs, self.lmin)
         lmin = needs[i - 1] if i else 0
         j = bisect.bisect_left(needs, self.lmax)
-        lmax = needs[j] if j < len(needs) else INFINITY
+        lmax = INFINITY
         known = frozenset((o, mv) for o, mv in self.known.items() if o in offsets)
         return lmin, lmax, known, false
 

@@ -109,11 +109,13 @@ def dot_text(g):
 
 def cmd_show(args):
     g = _load(args.graph)
+    ext = os.path.splitext(args.output)[1].lower() if args.output else None
+    if ext not in (None, ".dot", ".png", ".svg", ".pdf"):
+        raise ConfigError(f"show -o: unknown format '{ext}' (use .dot, .png, .svg or .pdf)")
     _warn(g)
     if not args.output:
         print(summary(g, args.programs))
         return 0
-    ext = os.path.splitext(args.output)[1].lower()
     text = dot_text(g)
     if ext == ".dot":
         try:
@@ -162,7 +164,6 @@ def cmd_run(args):
     from middlebox.runtime import Engine
 
     g = _load(args.graph)
-    _warn(g)
     ins = dict(_binding(b, "--in") for b in args.inputs)
     outs = dict(_binding(b, "--out") for b in args.outputs)
     for flag, bindings in (("--in", args.inputs), ("--out", args.outputs)):
@@ -195,6 +196,7 @@ def cmd_run(args):
         if e.source and getattr(e, "limit", 0) < 0:
             raise ConfigError("a source without 'limit' never ends; set limit, "
                               "or measure it with 'middlebox bench'", g.file, e.line, n)
+    _warn(g)  # after the usage errors, so that an error is the only line
     for dev, path in outs.items():
         d = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(d):

@@ -17,6 +17,7 @@ import difflib
 import importlib
 import importlib.machinery
 import os
+import re
 import sys
 
 import yaml
@@ -26,6 +27,28 @@ from middlebox.errors import ConfigError
 from middlebox.graph import Graph, parse_connection
 
 TOP_KEYS = ("name", "description", "elements", "connections")
+
+
+class GraphLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML's SafeLoader reads it, except that base-60 numbers
+    are strings: `10:20:30:40:50:11` is an Ethernet address, not an integer."""
+
+
+GraphLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if not (tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+                    and ":" in regexp.pattern)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in (
+        ("tag:yaml.org,2002:int", r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)
+                                    |[-+]?0x[0-9a-fA-F_]+)$""", list("-+0123456789")),
+        ("tag:yaml.org,2002:float", r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                                    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+         list("-+0123456789.")),
+):
+    GraphLoader.add_implicit_resolver(_tag, re.compile(_pattern, re.X), _first)
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # Top-level modules imported for `class: module.Class`, by name: the file
@@ -76,7 +99,7 @@ def _value(node, file=None):
 
 def parse(text, file="<graph>"):
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=GraphLoader)
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
         line = text[:e.position].count("\n") + 1 if isinstance(text, str) else 1
         code = e.character if isinstance(e.character, int) else ord(e.character)
@@ -201,6 +224,7 @@ def find_class(clsname, base, file, line, name):
     top = modname.partition(".")[0]
     _forget_other_folder(top, base)
     fresh = top not in sys.modules
+    importlib.invalidate_caches()  # the graph's folder may have new files
     try:
         mod = importlib.import_module(modname)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - user code: report, don't trace

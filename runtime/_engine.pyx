@@ -32,6 +32,7 @@ cdef extern from "mb.h":
         uint8_t *nh
         uint32_t dst_ip
         uint32_t room
+        uint32_t seq
         uint8_t *head
 
     struct mb_out:
@@ -287,6 +288,7 @@ cdef class Engine:
                     e.created += 1
                     if i < n:
                         p.ts_ns = pkts[i].ts_ns
+                        p.seq = pkts[i].seq
                 view = memoryview(obj.data).cast("B")
                 length = view.shape[0]
                 if length > mb_max_len(self.eng):

@@ -87,6 +87,7 @@ struct mb_packet *mb_alloc(struct mb_engine *eng)
     p->paint = 0;
     p->flags = 0;
     p->ts_ns = eng->now_ns;
+    p->seq = eng->seq++;
     p->nh = 0;
     p->dst_ip = 0;
     return p;
@@ -120,6 +121,7 @@ struct mb_packet *mb_clone(struct mb_engine *eng, const struct mb_packet *p)
     c->paint = p->paint;
     c->flags = p->flags;
     c->ts_ns = p->ts_ns;
+    c->seq = p->seq;
     c->nh = p->nh ? c->head + (p->nh - p->head) : 0;
     c->dst_ip = p->dst_ip;
     return c;
@@ -176,6 +178,7 @@ uint32_t mb_engine_rx(struct mb_engine *eng, uint32_t dev,
     for (i = 0; i < n; i++) {
         if (q && q->n < q->cap) {
             pkts[i]->port = 0;
+            pkts[i]->seq = eng->seq++;
             q->pkts[q->n++] = pkts[i];
             taken++;
         } else {
@@ -218,6 +221,18 @@ uint32_t mb_engine_tx(struct mb_engine *eng, uint32_t dev,
     if (dev >= eng->ndev)
         return 0;
     q = &eng->devs[dev].tx;
+    /* Branches that meet again deliver a pass's packets grouped by branch;
+     * put them back in arrival order (stable: a Tee's copies keep theirs).
+     * Insertion sort: the queue is short and usually already in order. */
+    for (i = 1; i < q->n; i++) {
+        struct mb_packet *p = q->pkts[i];
+        uint32_t j = i;
+        while (j > 0 && (int32_t)(q->pkts[j - 1]->seq - p->seq) > 0) {
+            q->pkts[j] = q->pkts[j - 1];
+            j--;
+        }
+        q->pkts[j] = p;
+    }
     n = q->n < max ? q->n : max;
     for (i = 0; i < n; i++)
         out[i] = q->pkts[i];

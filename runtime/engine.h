@@ -43,6 +43,7 @@ struct mb_engine {
     uint32_t headroom;
     uint64_t alloc_failed;
     uint64_t now_ns;            /* set by the driver: clock or pcap time */
+    uint32_t seq;               /* next arrival sequence number */
     void *host;
     mb_host_push_fn host_push;
     const char *graph_name;

@@ -49,6 +49,7 @@ struct mb_packet {
     uint8_t *nh;            /* network (IP) header annotation, or 0 */
     uint32_t dst_ip;        /* destination address annotation (host order) */
     uint32_t room;
+    uint32_t seq;           /* arrival order: devices send in this order */
     uint8_t *head;
     struct mb_packet *next_free;
 };

@@ -328,6 +328,28 @@ def test_run_unbound_devices(tmp_path):
     assert not (tmp_path / "o.pcap").exists()
 
 
+WARNED = """\
+elements:
+  lan: {class: FromDevice, device: lan}
+  cls: {class: Classifier, patterns: ["12/0800", "-"]}
+  wan: {class: ToDevice, device: wan}
+connections:
+  - lan -> cls -> wan
+"""
+
+
+def test_warnings_do_not_join_an_error(tmp_path):
+    g = write(tmp_path / "w.yaml", WARNED)  # cls[1] is not connected: a warning
+    fails(mb("run", g, "--in", f"lan={LAN}", cwd=tmp_path), 2, "--out wan=")
+    fails(mb("show", g, "-o", "x.gif", cwd=tmp_path), 2, "unknown format '.gif'")
+    r = mb("run", g, "--in", f"lan={LAN}", "--out", "wan=o.pcap", "--stats", "none", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stderr == f"warning: {g}:3: element 'cls': output 1 is not connected; its packets " \
+                       "are dropped and counted\n"
+    assert frames(tmp_path / "o.pcap") == [bytes(p) for p in rdpcap(LAN)
+                                           if isinstance(p, Ether) and p.type == 0x0800]
+
+
 def test_run_binding_errors(tmp_path):
     fails(run_cls(tmp_path, "--in", f"lan={LAN}", "--in", f"dmz={LAN}", "--out", "wan=o.pcap"), 2,
           "dmz")

@@ -7,6 +7,7 @@ element applies), from middlebox.loader (as a ConfigError) and from
 below, the line an error must point at carries the comment `#!`.
 """
 
+import os
 import textwrap
 
 import pytest
@@ -21,6 +22,8 @@ from middlebox.errors import ConfigError
 from middlebox.graph import Graph, parse_connection
 
 MARK = "#!"
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "graphs",
+                    "classifier.yaml")
 
 # The devices most graphs below start with.
 HEAD = """\
@@ -274,7 +277,7 @@ def test_clean_graph_has_no_warnings(tmp_path, capsys):
 
 
 def test_devices_and_warnings_of_the_demo_graph(capsys):
-    g = loader.load("graphs/classifier.yaml")
+    g = loader.load(DEMO)
     assert g.warnings == []
     assert g.devices() == ["lan", "wan"]
     assert g.receivers() == {"lan": "lan"}
@@ -501,7 +504,7 @@ def test_python_element_errors(tmp_path, capsys, cls_line, module, phrase):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mangled_graphs_give_config_errors_only(data):
-    with open("graphs/classifier.yaml") as f:
+    with open(DEMO) as f:
         text = f.read()
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(text)))
@@ -522,3 +525,15 @@ def test_mangled_graphs_give_config_errors_only(data):
         assert e.line is not None and 1 <= e.line <= text.count("\n") + 2
     else:
         assert isinstance(g, Graph)
+
+
+def test_unquoted_ethernet_address_is_not_a_base60_number():
+    """YAML 1.1 reads 10:20:30:40:50:11 as a base-60 integer; graphs must not."""
+    from middlebox import loader
+    g = loader.load("elements:\n"
+                    "  lan: {class: FromDevice, device: lan}\n"
+                    "  rw: {class: EtherRewrite, src: 10:20:30:40:50:11, dst: 02:00:00:00:00:59}\n"
+                    "  wan: {class: ToDevice, device: wan}\n"
+                    "connections: [lan -> rw -> wan]\n")
+    assert g.elements["rw"].src == bytes([0x10, 0x20, 0x30, 0x40, 0x50, 0x11])
+    assert g.elements["rw"].dst == bytes([2, 0, 0, 0, 0, 0x59])
