@@ -63,7 +63,9 @@ static inline uint16_t icmp_cksum(const uint8_t *b, uint32_t n)
  * inside the packet, and whose ICMP type is 8. The reply is made in place:
  * addresses swapped, fragment field cleared, TTL 255, ICMP type and code 0;
  * both checksums updated incrementally (RFC 1624). Annotations: dst_ip =
- * the new destination, paint 0, timestamp now. */
+ * the new destination, paint 0, timestamp now. An incremental ICMP checksum
+ * of 0x0000 is recomputed over the message: it is ambiguous (RFC 1624 sec. 3),
+ * and an all-zero reply needs 0xFFFF. */
 
 static int icmp_ping_responder_init(struct mb_elem *e)
 {
@@ -112,7 +114,14 @@ static void icmp_ping_responder_push(struct mb_elem *e, struct mb_packet **pkts,
         old = mb_rd16(icmp);
         icmp[0] = ICMP_ECHOREPLY;
         icmp[1] = 0;
-        mb_wr16(icmp + 2, mb_csum_update16(mb_rd16(icmp + 2), old, 0));
+        sum = mb_csum_update16(mb_rd16(icmp + 2), old, 0);
+        if (MB_UNLIKELY(sum == 0)) {
+            /* 0x0000 or 0xFFFF: only the data can tell (all-zero data sums
+             * to +0 and needs 0xFFFF), so sum it as a sender would. */
+            mb_wr16(icmp + 2, 0);
+            sum = icmp_cksum(icmp, ip_len - hl);
+        }
+        mb_wr16(icmp + 2, sum);
 
         p->dst_ip = mb_rd32(ip + 16);
         p->paint = 0;

@@ -67,7 +67,7 @@ class ICMPPingResponder(Element):
     kernel = "icmp_ping_responder"
     inputs = 1
     outputs = 1
-    outputs_doc = "1 or 2 (1: packets that are not echo requests)"
+    outputs_doc = "1 or 2"
     xstats = ("replies", "not_echo", "no_ip")
 
     def noutputs(self, connected=0):
@@ -133,8 +133,9 @@ class ICMPError(Element):
     outputs = 1
     xstats = ("errors", "suppressed", "no_ip")
     src = Param(IPv4(), doc="source address of the errors")
-    type = Param(_NumberOrName(), doc="ICMP error type: number or name (unreachable, timeexceeded, ...)")
-    code = Param(_NumberOrName(), default=0, doc="ICMP code: number or name (port, needfrag, transit, ...)")
+    type = Param(_NumberOrName(), doc="ICMP error type: number or name (timeexceeded, ...)")
+    code = Param(_NumberOrName(), default=0,
+                 doc="ICMP code: number or name (port, needfrag, transit, ...)")
     mtu = Param(Int(min=68, max=65535), default=None,
                 doc="next-hop MTU, for unreachable/needfrag errors only")
     pointer = Param(Int(min=0, max=255), default=0,
@@ -215,7 +216,7 @@ class IPFragmenter(Element):
     kernel = "ip_fragmenter"
     inputs = 1
     outputs = 1
-    outputs_doc = "1 or 2 (1: too long with DF set)"
+    outputs_doc = "1 or 2"
     xstats = ("fragments", "df", "bad", "no_room")
     mtu = Param(Int(min=68, max=65535), doc="largest IP datagram sent, in bytes")
     honor_df = Param(Bool(), default=True, doc="send DF packets to output 1 instead of fragmenting")

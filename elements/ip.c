@@ -131,6 +131,8 @@ static void check_ip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n
             continue;
         }
         p->nh = p->data + s->offset;
+        if (!p->dst_ip)             /* as Click: only when not yet set */
+            p->dst_ip = mb_rd32(p->nh + 16);
         mb_take(p, p->len - s->offset - len);
         mb_emit(e, 0, p);
     }
@@ -236,7 +238,7 @@ static inline void l4_csum_push(struct mb_elem *e, struct mb_packet **pkts, uint
         }
         uint8_t *h = p->data + off;
         uint32_t len = mb_rd16(h + 2);
-        if (MB_UNLIKELY(len > avail || len < hlen + min_l4)) {
+        if (MB_UNLIKELY(len > avail || len < hlen)) {
             e->xstat[0]++;
             mb_drop(e, p);
             continue;
@@ -248,6 +250,11 @@ static inline void l4_csum_push(struct mb_elem *e, struct mb_packet **pkts, uint
         }
         if (MB_UNLIKELY(h[9] != proto)) {
             e->xstat[2]++;
+            mb_drop(e, p);
+            continue;
+        }
+        if (MB_UNLIKELY(len - hlen < min_l4)) {
+            e->xstat[0]++;
             mb_drop(e, p);
             continue;
         }
@@ -408,7 +415,9 @@ static int udp_ip_encap_init(struct mb_elem *e)
     s->udp_csum = mb_le32(e->cfg + hl);
     if (s->udp_csum > 1 || mb_rd32(s->hdr + IP_MIN_HLEN + 4) != 0)
         return mb_fail(e, "bad configuration");
-    s->psum = mb_csum_add(0, s->hdr + 12, 8) + IP_PROTO_UDP + mb_csum_add(0, s->hdr + IP_MIN_HLEN, 4);
+    /* addresses, protocol, ports: the per-packet part is the length */
+    s->psum = mb_csum_add(0, s->hdr + 12, 8) + IP_PROTO_UDP +
+              mb_csum_add(0, s->hdr + IP_MIN_HLEN, 4);
     return ip_encap_setup(e, IP_PROTO_UDP);
 }
 

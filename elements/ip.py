@@ -40,7 +40,8 @@ class CheckIPHeader(Element):
     allowed and fragments pass. A valid packet gets the `nh` annotation
     (pointing at the header) and is trimmed to the IP total length (bytes
     after it, such as Ethernet padding, are removed), then leaves on output
-    0.
+    0. As in Click, a valid packet whose `dst_ip` annotation is not yet
+    set gets the header's destination address there.
 
     Invalid packets leave on output 1 if it is connected, else they are
     dropped; either way they are counted in `bad` and in one of `short`,
@@ -48,7 +49,7 @@ class CheckIPHeader(Element):
     check that failed, in that order).
 
     Unlike Click, the source address check is fixed (no BADSRC/GOODDST
-    lists) and the `dst_ip` annotation is not set: use GetIPAddress.
+    lists).
 
         check: {class: CheckIPHeader, offset: 14}
     """
@@ -111,12 +112,13 @@ class SetTCPChecksum(Element):
     The checksum covers the pseudo-header (source, destination, protocol,
     TCP length) and the TCP segment, which runs from the end of the IP
     header (IHL * 4, options skipped) to the IP total length; bytes after the
-    total length are ignored and kept. Dropped and counted: packets without
-    the annotation, with a bad header length, a total length beyond the
-    packet or too short for a 20-byte TCP header (`bad`); fragments (MF set
-    or a non-zero offset; the checksum covers the whole datagram, which a
-    fragment does not hold) (`fragment`); protocols other than TCP (6)
-    (`not_tcp`).
+    total length are ignored and kept. Dropped and counted, in this order of
+    checks: packets without the annotation, with a header length below 20
+    or beyond the packet, or a total length beyond the packet or below the
+    header length (`bad`); fragments (MF set or a non-zero offset: the
+    checksum covers the whole datagram, which a fragment does not hold)
+    (`fragment`); protocols other than TCP (6) (`not_tcp`); segments too
+    short for a 20-byte TCP header (`bad`).
 
         tcpsum: {class: SetTCPChecksum}
     """
