@@ -150,6 +150,9 @@ class ARPQuerier(Element):
         # every held packet.
         return arriving + self.capacity
 
+    def created_bound(self, arriving):
+        return arriving             # at most one query per arriving packet
+
     def table_size(self):
         n = 4
         while n < self.entry_capacity:

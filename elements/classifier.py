@@ -227,14 +227,14 @@ class Knowledge:
         words are dropped, and lmin/lmax are rounded to the needs that can
         still be compared with them.
         """
-        false = frozenset()
+        false = frozenset(f for f in self.false if f.off in offsets)
         if false:
             needs = sorted(set(needs).union(f.need for f in false))
         i = bisect.bisect_right(needs, self.lmin)
         lmin = needs[i - 1] if i else 0
         j = bisect.bisect_left(needs, self.lmax)
         lmax = needs[j] if j < len(needs) else INFINITY
-        known = frozenset((o, mv) for o, mv in self.known.items() if o in offsets)
+        known = frozenset((o, 0) for o, mv in self.known.items() if o in offsets)
         return lmin, lmax, known, false
 
 

@@ -401,16 +401,6 @@ static inline uint32_t ip_fragmenter_copy_options(const uint8_t *ip, uint32_t hl
     return o;
 }
 
-/* Packets output `port` can still take in this pass (unconnected: any,
- * mb_emit drops them). */
-static inline uint32_t ip_fragmenter_room(const struct mb_elem *e, uint32_t port)
-{
-    if (port >= e->nout || e->outs[port].dst == 0)
-        return 0xFFFFFFFFu;
-    const struct mb_queue *q = &e->outs[port].dst->q;
-    return q->n < q->cap ? q->cap - q->n : 0;
-}
-
 static void ip_fragmenter_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     const struct ip_fragmenter_state *s = e->state;
@@ -457,7 +447,7 @@ static void ip_fragmenter_push(struct mb_elem *e, struct mb_packet **pkts, uint3
         const uint32_t later = (mtu - hl2) & ~7u;
         const uint32_t nextra = (payload - first + later - 1) / later;
         if (MB_UNLIKELY(off + hl2 + later > max_len ||
-                        ip_fragmenter_room(e, 0) < nextra + 1)) {
+                        mb_out_room(e, 0) < nextra + 1)) {
             e->xstat[3]++;
             mb_drop(e, p);
             continue;

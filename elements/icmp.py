@@ -232,5 +232,8 @@ class IPFragmenter(Element):
     def emit_bound(self, arriving):
         return arriving * self.fragments_reserved()
 
+    def created_bound(self, arriving):
+        return arriving * (self.fragments_reserved() - 1)
+
     def lower(self, ctx):
         return struct.pack("<II", self.mtu, 1 if self.honor_df else 0)

@@ -6,7 +6,7 @@
  */
 #include "mb.h"
 
-#define QUEUE_MAX (1u << 16)
+#define QUEUE_MAX (1u << 14)
 
 struct queue_state {
     uint32_t cap;

@@ -4,7 +4,7 @@ import struct
 
 from middlebox.element import Element, Int, Param
 
-MAX_CAPACITY = 1 << 16
+MAX_CAPACITY = 1 << 14    # every stored packet needs a pool buffer
 
 
 class Queue(Element):
@@ -31,6 +31,9 @@ class Queue(Element):
 
     def emit_bound(self, arriving):
         return 32
+
+    def created_bound(self, arriving):
+        return 0                    # releases what it stored; makes nothing
 
     def lower(self, ctx):
         return struct.pack("<I", self.capacity)

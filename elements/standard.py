@@ -67,6 +67,9 @@ class Tee(Element):
     def noutputs(self, connected=0):
         return _outputs(self.n, connected)
 
+    def created_bound(self, arriving):
+        return arriving * max(0, self.nout - 1)
+
 
 class Paint(Element):
     """Set the paint annotation of every packet to COLOR (0-255).

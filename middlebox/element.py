@@ -259,6 +259,12 @@ class Element:
         most that can arrive in one pass (sizes downstream queues)."""
         return 32 if self.source else arriving
 
+    def created_bound(self, arriving):
+        """Most packets the kernel makes in one pass (sources, copies,
+        fragments), given the most that can arrive: sizes the packet pool.
+        self.nout holds the output count the graph check settled on."""
+        return 32 if self.source else 0
+
     def held_capacity(self):
         """Most packets the kernel keeps across passes (Queue, ARPQuerier)."""
         return 0
@@ -324,6 +330,9 @@ class PythonElement(Element):
     """
 
     kernel = "python"
+
+    def created_bound(self, arriving):
+        return arriving  # room for one copy of each packet; more are counted drops
 
     def process(self, batch):
         raise NotImplementedError(f"{type(self).__name__} must define process(batch)")

@@ -102,6 +102,8 @@ class Graph:
             used_out[c.src] = max(used_out.get(c.src, 0), c.sport + 1)
         self.nout = {n: e.noutputs(used_out.get(n, 0)) for n, e in els.items()}
         self.nin = {n: e.ninputs() for n, e in els.items()}
+        for n, e in els.items():  # what the element ended up with, for sizing hooks
+            e.nout, e.nin = self.nout[n], self.nin[n]
         seen_out = {}
         for c in self.connections:
             cls_s, cls_d = type(els[c.src]).__name__, type(els[c.dst]).__name__

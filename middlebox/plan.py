@@ -96,7 +96,12 @@ def build(graph):
     for d, senders in graph.senders().items():
         tx_cap[d] = sum(cap[s] for s in senders)
     receivers = graph.receivers()
-    min_packets = (sum(cap.values()) + sum(tx_cap.values()) + BATCH
+    # Packets alive at once: what enters in one pass (a batch per receiver),
+    # what elements make in it, what they hold across passes, and what waits
+    # in transmit queues for a device with no room. A packet sits in one
+    # queue at a time, so queue capacities are not added up.
+    min_packets = (BATCH * (len(receivers) + 1) + sum(tx_cap.values())
+                   + sum(els[n].created_bound(cap[n]) for n in order)
                    + sum(e.held_capacity() for e in els.values()))
 
     strings = bytearray()

@@ -341,7 +341,7 @@ cdef class Engine:
         cdef mb_packet *txb[256]
         cdef uint64_t k = 0, j
         cdef uint32_t nb, d, dev, m, i, maxlen = mb_max_len(self.eng)
-        cdef uint32_t made = 1
+        cdef uint32_t made = 0
         cdef int oom = 0
         cdef const uint8_t[:] view
         cdef bint pull = sources
@@ -364,10 +364,12 @@ cdef class Engine:
                 want[d] = 1
         try:
             with nogil:
-                while (k < total or (pull and made)) and not self.failed and not oom:
+                while (k < total or pull) and not self.failed and not oom:
+                    # Input first; once it is used up, poll until sources
+                    # and queues (which emit from pull) have nothing left.
+                    nb = 0
                     if k < total:
                         dev = devs[k]
-                        nb = 0
                         self.eng.now_ns = timestamps[k]
                         while k < total and devs[k] == dev and nb < MB_BATCH:
                             if (lengths[k] > maxlen or buf_index[k] >= nbuf or
@@ -389,6 +391,8 @@ cdef class Engine:
                             mb_engine_rx(self.eng, dev, batch, nb)
                     if pull:
                         made = mb_engine_pull(self.eng)
+                        if nb == 0 and k >= total and made == 0:
+                            break
                     mb_engine_run(self.eng)
                     for d in range(ndev):
                         while True:

@@ -46,6 +46,9 @@ class Engine:
         collect: devices whose output to return (default: every device).
         Returns {device: Capture}.
         """
+        for name, e in self.plan.graph.elements.items():
+            if e.source and getattr(e, "limit", 0) < 0:
+                raise RunError(f"element '{name}': a source without 'limit' never ends")
         pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
         index = {d: i for i, d in enumerate(self.plan.devices)}
         for dev, _ in pairs:

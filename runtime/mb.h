@@ -253,6 +253,18 @@ static inline void mb_emit(struct mb_elem *e, uint32_t port, struct mb_packet *p
     mb_drop(e, p);
 }
 
+/* Packets output `port` can still take in this pass (unconnected: any,
+ * since mb_emit drops and counts them). For kernels that must emit a set
+ * of packets whole (IPFragmenter). */
+static inline uint32_t mb_out_room(const struct mb_elem *e, uint32_t port)
+{
+    const struct mb_queue *q;
+    if (port >= e->nout || e->outs[port].dst == 0)
+        return 0xFFFFFFFFu;
+    q = &e->outs[port].dst->q;
+    return q->n < q->cap ? q->cap - q->n : 0;
+}
+
 /* Internet checksum helpers (RFC 1071 sum, RFC 1624 incremental update). */
 static inline uint32_t mb_csum_add(uint32_t sum, const uint8_t *b, uint32_t n)
 {

@@ -563,6 +563,9 @@ KNOWLEDGE_CASES = [
     # a failed test whose bits were known proves the packet short
     (["12/0800 30/01", "12/08 14/?? 20/05", "12/0800 16/??", "-"],
      {12: [b"\x08\x00", b"\x08\x06"], 20: [b"\x05", b"\x00"], 30: [b"\x01", b"\x00"]}),
+    # a test shown false rules out a stronger one, on that path only
+    (["0/ff 12/08", "0/?? 12/0800", "-"],
+     {0: [b"\xff", b"\x00"], 12: [b"\x08\x00", b"\x09\x00"]}),
     # negated multi-word clauses after what earlier patterns showed
     (["!12/08000045 20/00", "12/0800 !14/45%f0", "!0/ffff 12/08", "12/????", "-"],
      {0: [b"\xff\xff", b"\xff\x00"], 12: [b"\x08\x00\x45", b"\x08\x00\x55", b"\x08\x06\x45"],
