@@ -62,7 +62,7 @@ class Clause:
         return self.offset + len(self.value)
 
     def words(self):
-        """Split into word tests (offset, mask, value) keyed by aligned offset.
+        """The clause as word tests, one per aligned word it touches.
 
         Every word test needs the whole clause present (need = end)."""
         words = {}
@@ -132,7 +132,7 @@ def pattern_steps(clauses):
     clause NOT(w1 and ... and wk) becomes k steps that fail only if every
     word test holds.
     """
-    merged = {}                     # aligned offset -> [need, mask, value]
+    merged = {}                     # aligned offset -> (need, mask, value)
     negs = []
     for c in clauses:
         words = c.words()
@@ -234,7 +234,7 @@ class Knowledge:
         lmin = needs[i - 1] if i else 0
         j = bisect.bisect_left(needs, self.lmax)
         lmax = needs[j] if j < len(needs) else INFINITY
-        known = frozenset((o, 0) for o, mv in self.known.items() if o in offsets)
+        known = frozenset((o, mv) for o, mv in self.known.items() if o in offsets)
         return lmin, lmax, known, false
 
 
@@ -413,9 +413,10 @@ class Classifier(Element):
     patterns = Param(List(Str(), min_len=1),
                      doc="byte patterns, e.g. '12/0800 23/11' or '-'; one output each")
 
-    # The shared (deduplicating) compiler is tried when a graph has at most
-    # this many pattern steps; past it, or past its node budget, the program
-    # is a plain chain of tests (linear size).
+    # The shared compiler (tests whose outcome a path already knows are left
+    # out) is tried when the patterns make at most this many steps; past it,
+    # or past its node budget, the program is a plain chain of tests, whose
+    # size is linear in the patterns.
     SHARED_MAX_STEPS = 300
 
     def configure(self):
@@ -425,7 +426,6 @@ class Classifier(Element):
                 parsed.append(parse_pattern(text))
             except ValueError as e:
                 self.error(f"pattern {i}: {e}", "patterns")
-        self.parsed = parsed
         self.entry, self.nodes, self.shared = compile_patterns(parsed, self.SHARED_MAX_STEPS)
 
     def noutputs(self, connected=0):

@@ -241,8 +241,9 @@ class StaticIPLookup(Element):
     ADDR/255.255.0.0 or a bare address for a /32; host bits are ignored), an
     optional gateway, and an output port. A packet whose destination
     annotation (set by GetIPAddress or a previous lookup) matches goes to the
-    output of the longest matching prefix; if the route has a gateway, the
-    annotation becomes the gateway, so ARPQuerier resolves the next hop. A
+    output of the longest matching prefix; if the route has a gateway (not
+    0.0.0.0), the annotation becomes the gateway, so ARPQuerier resolves the
+    next hop. A
     packet no route matches is dropped and counted (extra counter
     `no_route`). There are 1 + the highest OUT outputs; two routes with the
     same prefix are an error.

@@ -29,9 +29,10 @@ from middlebox.graph import Graph, parse_connection
 TOP_KEYS = ("name", "description", "elements", "connections")
 
 
-class GraphLoader(yaml.SafeLoader):
-    """YAML 1.1 as PyYAML's SafeLoader reads it, except that base-60 numbers
-    are strings: `10:20:30:40:50:11` is an Ethernet address, not an integer."""
+class GraphLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML 1.1 as PyYAML's SafeLoader reads it (with libyaml's C parser when
+    present: large route tables load ten times faster), except that base-60
+    numbers are strings: `10:20:30:40:50:11` is an Ethernet address."""
 
 
 GraphLoader.yaml_implicit_resolvers = {

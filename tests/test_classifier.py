@@ -12,7 +12,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP
 from scapy.layers.l2 import ARP, Ether
 
 from middlebox import pcap
@@ -413,9 +413,9 @@ def _set(off, value):
 def test_kernel_rejects_a_bad_program(damage):
     Corrupt.damage = staticmethod(damage)
     el = Corrupt.from_config("cls", {"patterns": CLASSIC})
-    with pytest.raises((RunError, ConfigError)) as info:
+    with pytest.raises(RunError) as info:
         run_element(el, None, frames(MIXED))
-    assert "classifier" in str(info.value)
+    assert "classifier: " in str(info.value)
 
 
 # --- property test against a direct reading of the pattern text ------------
@@ -532,7 +532,8 @@ def check_against_oracle(data, shared):
     expected = [oracle(pats, p) for p in pkts]
     with contextlib.nullcontext() if shared else chain_compiler():
         el = Classifier.from_config("element", {"patterns": pats})
-    assert el.shared == shared or (shared and len(el.nodes) > 0)
+    if not shared:
+        assert not el.shared
     res = run_element(el, None, pkts)
     check_ports(res, pkts, expected, len(pats))
 

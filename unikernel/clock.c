@@ -1,0 +1,181 @@
+/*
+ * clock.c - TSC rate calibration and conversion. The scale is a 32.32
+ * fixed-point nanoseconds-per-cycle factor, applied with one 64x64->128
+ * multiply, so clock_ns() costs an rdtsc and a multiply.
+ */
+#include "clock.h"
+#include "libc.h"
+#include "platform.h"
+
+#define MSR_APIC_BASE 0x1b
+#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01
+#define KVM_FEATURE_CLOCKSOURCE2 (1u << 3)
+#define APIC_LVT_TIMER 0x320
+#define APIC_TIMER_INIT 0x380
+#define APIC_TIMER_CUR 0x390
+#define APIC_TIMER_DIV 0x3e0
+#define APIC_BUS_HZ 1000000000ull   /* QEMU's and KVM's emulated APIC */
+
+static uint64_t tsc_khz;
+static uint64_t scale;      /* ns per cycle, 32.32 fixed point */
+static const char *source = "guess";
+
+static inline uint64_t rdmsr(uint32_t msr)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline void wrmsr(uint32_t msr, uint64_t v)
+{
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+static uint64_t from_cmdline(void)
+{
+    char buf[24];
+    const char *p = buf;
+    uint64_t v;
+    if (cmdline_get("mb.tsc_khz", 0, buf, sizeof(buf)) <= 0 || uk_parse_u64(&p, &v) || *p)
+        return 0;
+    return v;
+}
+
+/* The pvclock structure KVM fills in once enabled (32 bytes). */
+struct pvclock {
+    uint32_t version;
+    uint32_t pad0;
+    uint64_t tsc_timestamp;
+    uint64_t system_time;
+    uint32_t mul;
+    int8_t shift;
+    uint8_t flags;
+    uint8_t pad[2];
+};
+
+static struct pvclock pvclock __attribute__((aligned(64)));
+
+static uint64_t from_kvmclock(uint32_t hv_max)
+{
+    uint32_t r[4];
+    uint32_t mul;
+    int8_t shift;
+    uint32_t spins;
+    cpuid(0x40000000, 0, r);
+    /* "KVMKVMKVM\0\0\0" */
+    if (r[1] != 0x4b4d564b || r[2] != 0x564b4d56 || r[3] != 0x0000004d || hv_max < 0x40000001)
+        return 0;
+    cpuid(0x40000001, 0, r);
+    if (!(r[0] & KVM_FEATURE_CLOCKSOURCE2))
+        return 0;
+    wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (uint64_t)(uintptr_t)&pvclock | 1);
+    for (spins = 0; spins < 1000000; spins++) {
+        uint32_t v = *(volatile uint32_t *)&pvclock.version;
+        barrier();
+        mul = *(volatile uint32_t *)&pvclock.mul;
+        shift = *(volatile int8_t *)&pvclock.shift;
+        barrier();
+        if (!(v & 1) && v == *(volatile uint32_t *)&pvclock.version && mul)
+            break;
+    }
+    wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);  /* one reading is all we need */
+    if (!mul)
+        return 0;
+    /* ns = (cycles << shift) * mul / 2^32, so cycles/s = 1e9 * 2^32 / (mul << shift). */
+    {
+        unsigned __int128 num = (unsigned __int128)1000000ull << 32;
+        uint64_t den = mul;
+        if (shift >= 0)
+            den <<= shift;
+        else
+            num <<= -shift;
+        return (uint64_t)(num / den);
+    }
+}
+
+/* Count TSC cycles while the local APIC timer runs for CLOCK_CAL_NS. */
+static uint64_t from_lapic(void)
+{
+    uint64_t base = rdmsr(MSR_APIC_BASE);
+    uintptr_t apic;
+    uint32_t c0, c1;
+    uint64_t t0, t1, spins = 0;
+    if (!(base & (1u << 11)))
+        return 0;           /* APIC disabled */
+    apic = (uintptr_t)(base & 0xfffff000u);
+    mmio_write32(apic + APIC_TIMER_DIV, 0xb);           /* divide by 1 */
+    mmio_write32(apic + APIC_LVT_TIMER, 1u << 16);      /* masked, one-shot */
+    mmio_write32(apic + APIC_TIMER_INIT, 0xffffffffu);
+    c0 = mmio_read32(apic + APIC_TIMER_CUR);
+    t0 = rdtsc();
+    do {
+        c1 = mmio_read32(apic + APIC_TIMER_CUR);
+        if (++spins > 100000000ull)
+            break;
+    } while (c0 - c1 < CLOCK_CAL_NS && c1 != 0);
+    t1 = rdtsc();
+    mmio_write32(apic + APIC_TIMER_INIT, 0);            /* stop it */
+    if (c0 == c1 || c1 > c0)
+        return 0;
+    /* cycles per APIC tick times the APIC rate, in kHz */
+    return (t1 - t0) * (APIC_BUS_HZ / 1000) / (c0 - c1);
+}
+
+void clock_init(void)
+{
+    uint32_t r[4], max, hv_max = 0;
+    uint64_t khz = 0;
+    cpuid(0, 0, r);
+    max = r[0];
+    cpuid(1, 0, r);
+    if (r[2] & (1u << 31)) {    /* running under a hypervisor */
+        cpuid(0x40000000, 0, r);
+        hv_max = r[0];
+    }
+    if ((khz = from_cmdline()))
+        source = "cmdline";
+    else if ((khz = from_kvmclock(hv_max)))
+        source = "kvmclock";
+    if (!khz && hv_max >= 0x40000010 && hv_max < 0x40010000) {
+        cpuid(0x40000010, 0, r);
+        if ((khz = r[0]))
+            source = "cpuid-4010";
+    }
+    if (!khz && max >= 0x15) {
+        cpuid(0x15, 0, r);
+        if (r[0] && r[1] && r[2] && (khz = (uint64_t)r[2] * r[1] / r[0] / 1000))
+            source = "cpuid-15";
+    }
+    if (!khz && (khz = from_lapic()))
+        source = "lapic";
+    if (!khz && max >= 0x16) {
+        cpuid(0x16, 0, r);
+        if ((khz = (uint64_t)(r[0] & 0xffff) * 1000))
+            source = "cpuid-16";
+    }
+    if (!khz)
+        khz = 1000000;
+    tsc_khz = khz;
+    scale = (uint64_t)(((unsigned __int128)1000000ull << 32) / khz);
+}
+
+uint64_t clock_tsc_to_ns(uint64_t cycles)
+{
+    return (uint64_t)(((unsigned __int128)cycles * scale) >> 32);
+}
+
+uint64_t clock_ns(void)
+{
+    return clock_tsc_to_ns(rdtsc() - boot_tsc);
+}
+
+uint64_t clock_tsc_khz(void)
+{
+    return tsc_khz;
+}
+
+const char *clock_source(void)
+{
+    return source;
+}

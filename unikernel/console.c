@@ -1,0 +1,177 @@
+/*
+ * console.c - COM1 16550 UART. Output waits for the transmit holding
+ * register to empty, then writes up to 16 bytes (the FIFO depth), so a
+ * line costs few port accesses: each one is a VM exit under KVM.
+ */
+#include "console.h"
+#include "libc.h"
+#include "platform.h"
+
+#define COM1 0x3f8
+#define REG_DATA 0
+#define REG_IER 1
+#define REG_FCR 2
+#define REG_LCR 3
+#define REG_LSR 5
+#define LSR_DR 0x01     /* a received byte is waiting */
+#define LSR_THRE 0x20   /* transmit FIFO empty */
+#define FIFO_DEPTH 16
+#define SPIN_LIMIT 1000000
+
+static int present;
+static int cr_sent;      /* the CR of a pending LF is out */
+
+void con_init(void)
+{
+    outb(COM1 + REG_IER, 0x00);     /* no interrupts: the guest polls */
+    outb(COM1 + REG_LCR, 0x03);     /* 8 bits, no parity, one stop bit */
+    outb(COM1 + REG_FCR, 0x07);     /* enable and clear the FIFOs */
+    /* No UART answers 0xff on every port. */
+    present = inb(COM1 + REG_LSR) != 0xff;
+}
+
+void con_write(const char *s, uint32_t n)
+{
+    while (n && present) {
+        uint32_t k, spins = 0;
+        while (!(inb(COM1 + REG_LSR) & LSR_THRE))
+            if (++spins == SPIN_LIMIT)
+                return;         /* a stuck UART must not hang the guest */
+        for (k = 0; k < FIFO_DEPTH && n; k++) {
+            /* A terminal wants CR LF: send the CR first, then the LF. */
+            if (*s == '\n' && !cr_sent) {
+                outb(COM1 + REG_DATA, '\r');
+                cr_sent = 1;
+                continue;
+            }
+            cr_sent = 0;
+            outb(COM1 + REG_DATA, (uint8_t)*s++);
+            n--;
+        }
+    }
+}
+
+void con_puts(const char *s)
+{
+    con_write(s, (uint32_t)uk_strlen(s));
+}
+
+int con_getc(void)
+{
+    if (!present || !(inb(COM1 + REG_LSR) & LSR_DR))
+        return -1;
+    return inb(COM1 + REG_DATA);
+}
+
+/* --- formatting ---------------------------------------------------------- */
+
+struct out {
+    char buf[256];
+    uint32_t n;
+};
+
+static void out_c(struct out *o, char c)
+{
+    if (o->n == sizeof(o->buf)) {
+        con_write(o->buf, o->n);
+        o->n = 0;
+    }
+    o->buf[o->n++] = c;
+}
+
+static void out_pad(struct out *o, const char *s, uint32_t len, uint32_t width,
+                    int left, char pad)
+{
+    uint32_t i;
+    if (!left)
+        for (i = len; i < width; i++)
+            out_c(o, pad);
+    for (i = 0; i < len; i++)
+        out_c(o, s[i]);
+    if (left)
+        for (i = len; i < width; i++)
+            out_c(o, ' ');
+}
+
+void con_vprintf(const char *fmt, va_list ap)
+{
+    struct out o;
+    o.n = 0;
+    for (; *fmt; fmt++) {
+        char tmp[24], pad = ' ';
+        const char *s;
+        uint32_t width = 0, len = 0, longs = 0;
+        int left = 0, neg = 0;
+        uint64_t v;
+        if (*fmt != '%') {
+            out_c(&o, *fmt);
+            continue;
+        }
+        fmt++;
+        for (;; fmt++) {
+            if (*fmt == '-')
+                left = 1;
+            else if (*fmt == '0')
+                pad = '0';
+            else
+                break;
+        }
+        while (*fmt >= '0' && *fmt <= '9')
+            width = width * 10 + (uint32_t)(*fmt++ - '0');
+        while (*fmt == 'l') {
+            longs++;
+            fmt++;
+        }
+        switch (*fmt) {
+        case 's':
+            s = va_arg(ap, const char *);
+            if (!s)
+                s = "(null)";
+            out_pad(&o, s, (uint32_t)uk_strlen(s), width, left, ' ');
+            break;
+        case 'c':
+            tmp[0] = (char)va_arg(ap, int);
+            out_pad(&o, tmp, 1, width, left, ' ');
+            break;
+        case 'd':
+        case 'u':
+        case 'x': {
+            uint32_t base = *fmt == 'x' ? 16 : 10, i = sizeof(tmp);
+            if (*fmt == 'd') {
+                int64_t sv = longs ? va_arg(ap, int64_t) : va_arg(ap, int);
+                neg = sv < 0;
+                v = neg ? (uint64_t)0 - (uint64_t)sv : (uint64_t)sv;
+            } else {
+                v = longs ? va_arg(ap, uint64_t) : va_arg(ap, unsigned int);
+            }
+            do {
+                tmp[--i] = "0123456789abcdef"[v % base];
+                v /= base;
+            } while (v);
+            if (neg)
+                tmp[--i] = '-';
+            len = (uint32_t)sizeof(tmp) - i;
+            out_pad(&o, tmp + i, len, width, left, pad);
+            break;
+        }
+        case '%':
+            out_c(&o, '%');
+            break;
+        case 0:
+            fmt--;
+            break;
+        default:
+            out_c(&o, '%');
+            out_c(&o, *fmt);
+        }
+    }
+    con_write(o.buf, o.n);
+}
+
+void con_printf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    con_vprintf(fmt, ap);
+    va_end(ap);
+}
