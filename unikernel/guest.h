@@ -1,0 +1,26 @@
+/*
+ * guest.h - what `middlebox build` generates for one graph (plan.c and
+ * kernel_table.c in the build directory) and the guest's main loop reads.
+ */
+#ifndef UK_GUEST_H
+#define UK_GUEST_H
+
+#include "mb.h"
+
+/* The compiled plan, in its own section (.mbplan) so tools can read it back. */
+extern const uint8_t mb_plan[];
+extern const uint32_t mb_plan_len;
+
+/* Per element, in plan order: its Python class name, and the names of its
+ * kernel counters (xstat[0..]) separated by spaces ("" when none). */
+extern const char *const mb_elem_class[];
+extern const char *const mb_elem_xstats[];
+
+/* Kernels this image holds (only the ones the plan uses). */
+extern const struct mb_kernel *const mb_kernels[];
+extern const uint32_t mb_nkernels;
+
+/* Entered from boot.S in long mode with the PVH start_info address. */
+void guest_main(uint32_t start_info);
+
+#endif
