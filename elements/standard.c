@@ -52,11 +52,22 @@ static void counter_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
     e->xstat[1] += bytes;
 }
 
+/* Write handler "reset": zero count and byte_count (any message). */
+static int counter_control(struct mb_elem *e, const uint8_t *msg, uint32_t len)
+{
+    (void)msg;
+    (void)len;
+    e->xstat[0] = 0;
+    e->xstat[1] = 0;
+    return 0;
+}
+
 MB_KERNEL(counter) = {
     .name = "counter",
     .state_size = std_no_state,
     .init = std_no_config,
     .push = counter_push,
+    .control = counter_control,
 };
 
 /* --- Tee: the original on output 0, a clone on each other output ---------- */

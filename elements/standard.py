@@ -7,7 +7,7 @@ one output per connected output port (1 + the highest port used).
 
 import struct
 
-from middlebox.element import Element, Int, Param
+from middlebox.element import Element, Int, Param, write_handler
 
 # Most outputs a switch may have (the engine's port numbers are 16-bit; this
 # keeps plans small and catches typos).
@@ -37,6 +37,8 @@ class Counter(Element):
     """Count packets and bytes, and pass every packet through unchanged.
 
     Extra counters: `count` (packets) and `byte_count` (bytes, whole frames).
+    Handlers, as Click's: read `count`, `byte_count`; write `reset` zeroes
+    both, between two batches of a running engine.
 
         cnt: {class: Counter}
     """
@@ -45,6 +47,10 @@ class Counter(Element):
     inputs = 1
     outputs = 1
     xstats = ("count", "byte_count")
+
+    @write_handler("reset")
+    def reset(self, value):
+        return b"reset"
 
 
 class Tee(Element):

@@ -3,6 +3,8 @@
     middlebox check GRAPH.yaml
     middlebox show  GRAPH.yaml [-o graph.png|.svg|.dot] [--programs]
     middlebox run   GRAPH.yaml --in DEV=in.pcap ... --out DEV=out.pcap ... [--stats text|json|none]
+                    [--control SOCKET [--linger]]
+    middlebox ctl   SOCKET read|write|list|quit [ELEMENT.HANDLER] [VALUE]
     middlebox bench GRAPH.yaml [--packets N] [--json FILE]
     middlebox elements [NAME]
 
@@ -206,7 +208,19 @@ def cmd_run(args):
     captures = [(dev, pcap.read(path)) for dev, path in ins.items()]
     p = plan.build(g)
     eng = Engine(p)
-    result = eng.run(captures, collect=list(outs))
+    server = None
+    if args.control:
+        from middlebox import control
+        server = control.Server(eng, args.control)
+    try:
+        result = eng.run(captures, collect=list(outs))
+        if server and args.linger:
+            print(f"run done; handlers stay on {args.control} until "
+                  f"'middlebox ctl {args.control} quit'", file=sys.stderr)
+            server.quit.wait()
+    finally:
+        if server:
+            server.close()
     nanos = any(c.nanos for _, c in captures)
     for dev, path in outs.items():
         cap = result[dev]
@@ -217,6 +231,19 @@ def cmd_run(args):
         print(json.dumps({"graph": g.name, "elements": stats, "devices": devs}, indent=2))
     elif args.stats == "text":
         print(_stats_text(stats, devs))
+    return 0
+
+
+# --- ctl --------------------------------------------------------------------
+
+def cmd_ctl(args):
+    from middlebox import control
+    if args.op in ("read", "write") and not args.handler:
+        raise ConfigError(f"ctl {args.op} needs ELEMENT.HANDLER")
+    value = control.request(args.socket, args.op, args.handler,
+                            args.value if args.op == "write" else None)
+    if value:
+        print(value)
     return 0
 
 
@@ -290,7 +317,17 @@ def parser():
     p.add_argument("--in", dest="inputs", action="append", default=[], metavar="DEV=FILE")
     p.add_argument("--out", dest="outputs", action="append", default=[], metavar="DEV=FILE")
     p.add_argument("--stats", choices=("text", "json", "none"), default="text")
+    p.add_argument("--control", metavar="SOCKET",
+                   help="serve live read/write handlers on this Unix socket")
+    p.add_argument("--linger", action="store_true",
+                   help="with --control: after the input, keep serving until 'ctl ... quit'")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("ctl", help="read or write handlers of a running engine")
+    p.add_argument("socket")
+    p.add_argument("op", choices=("read", "write", "list", "quit"))
+    p.add_argument("handler", nargs="?", help="ELEMENT.HANDLER")
+    p.add_argument("value", nargs="?", default="")
+    p.set_defaults(fn=cmd_ctl)
     p = sub.add_parser("bench", help="packet rate of a graph fed by its sources")
     p.add_argument("graph")
     p.add_argument("--packets", type=int, default=10_000_000)

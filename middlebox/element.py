@@ -26,6 +26,26 @@ from middlebox.errors import ConfigError
 REQUIRED = object()
 
 
+def read_handler(name):
+    """Mark a method as read handler NAME: ``fn(self, ctx) -> str``, where
+    ``ctx.query(what) -> bytes`` asks the kernel (its ``query``) and
+    ``ctx.stats`` holds the element's counters."""
+    def mark(fn):
+        fn._mb_read = name
+        return fn
+    return mark
+
+
+def write_handler(name):
+    """Mark a method as write handler NAME: ``fn(self, value: str) -> bytes``
+    returns the message the kernel's ``control`` applies between passes
+    (raise ValueError with a one-line reason to refuse the value)."""
+    def mark(fn):
+        fn._mb_write = name
+        return fn
+    return mark
+
+
 # --- parameter kinds -------------------------------------------------------
 
 class Kind:
@@ -197,6 +217,13 @@ class Element:
                 if isinstance(value, Param):
                     params[key] = value
         cls.params = params
+        cls.read_handlers, cls.write_handlers = {}, {}
+        for base in reversed(cls.__mro__):
+            for key, value in vars(base).items():
+                if hasattr(value, "_mb_read"):
+                    cls.read_handlers[value._mb_read] = value
+                if hasattr(value, "_mb_write"):
+                    cls.write_handlers[value._mb_write] = value
         # Built-in classes are found by name; user classes by import path.
         if cls.kernel is not None and cls.__module__.startswith("middlebox.elements"):
             Element.registry.setdefault(cls.__name__, cls)

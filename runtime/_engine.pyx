@@ -12,6 +12,8 @@ from libc.string cimport memcpy
 from posix.stdlib cimport posix_memalign
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
+import threading
+
 import numpy as np
 cimport numpy as cnp
 
@@ -92,6 +94,7 @@ cdef extern from "engine.h":
         uint32_t headroom
         uint64_t alloc_failed
         uint64_t now_ns
+        char err[192]
         void *host
         mb_host_push_fn host_push
         const char *graph_name
@@ -111,6 +114,9 @@ cdef extern from "engine.h":
     uint32_t mb_engine_pull(mb_engine *eng) nogil
     void mb_engine_run(mb_engine *eng) nogil
     uint32_t mb_engine_tx(mb_engine *eng, uint32_t dev, mb_packet **out, uint32_t max) nogil
+    int mb_engine_control(mb_engine *eng, uint32_t elem, const uint8_t *msg, uint32_t len)
+    uint32_t mb_engine_query(mb_engine *eng, uint32_t elem, uint32_t what, uint8_t *out,
+                             uint32_t cap)
 
 
 cdef extern from *:
@@ -188,6 +194,12 @@ cdef class Engine:
     cdef object failure
     cdef int failed
     cdef object packet_class
+    # Handlers: requests from other threads wait in `mailbox` until the
+    # running loop reaches the end of a pass (`pending` tells it to look).
+    cdef int pending
+    cdef int running
+    cdef object mailbox
+    cdef object lock
 
     def __cinit__(self, bytes plan, uint32_t packets=0, uint32_t buffer_size=10240,
                   uint32_t headroom=128):
@@ -200,6 +212,10 @@ cdef class Engine:
         self.python_elements = {}
         self.failure = None
         self.failed = 0
+        self.pending = 0
+        self.running = 0
+        self.mailbox = []
+        self.lock = threading.Lock()
         opts.npkts = packets
         opts.bufsize = buffer_size
         opts.headroom = headroom
@@ -315,6 +331,61 @@ cdef class Engine:
             self.failure = None
             raise EngineError(msg)
 
+    # -- handlers ----------------------------------------------------------------
+
+    def between_passes(self, kind, uint32_t elem, payload, timeout=10.0):
+        """Run a control message (kind "control", payload bytes) or a query
+        (kind "query", payload an int) on element `elem` at the end of a
+        pass: now if the engine is idle, else when the running loop gets
+        there. Returns the query's bytes, or None; raises EngineError."""
+        req = [kind, elem, payload, threading.Event(), None, None]
+        with self.lock:
+            if not self.running:
+                self._apply(req)
+            else:
+                self.mailbox.append(req)
+                self.pending = 1
+        if not req[3].wait(timeout):
+            raise EngineError("the running engine did not reach the end of a pass in time")
+        if req[5] is not None:
+            raise EngineError(req[5])
+        return req[4]
+
+    cdef void _apply(self, list req):
+        cdef bytes msg
+        cdef bytearray buf
+        cdef uint32_t n
+        kind, elem, payload = req[0], req[1], req[2]
+        if kind == "control":
+            msg = bytes(payload)
+            if mb_engine_control(self.eng, elem, <const uint8_t *>msg, <uint32_t>len(msg)) != 0:
+                req[5] = self.eng.err.decode(errors="replace")
+        else:
+            buf = bytearray(1 << 22)
+            n = mb_engine_query(self.eng, elem, <uint32_t>payload, <uint8_t *><char *>buf,
+                                <uint32_t>len(buf))
+            req[4] = bytes(buf[:n])
+        req[3].set()
+
+    cdef void _service(self) noexcept with gil:
+        with self.lock:
+            reqs, self.mailbox = self.mailbox, []
+            self.pending = 0
+            for req in reqs:
+                self._apply(req)
+
+    cdef _start(self):
+        with self.lock:
+            self.running = 1
+
+    cdef _stop(self):
+        with self.lock:
+            self.running = 0
+            reqs, self.mailbox = self.mailbox, []
+            self.pending = 0
+            for req in reqs:
+                self._apply(req)
+
     # -- running over memory -------------------------------------------------
 
     def run_records(self, list buffers, cnp.uint16_t[:] buf_index, cnp.uint32_t[:] devs,
@@ -362,6 +433,7 @@ cdef class Engine:
         for d in collect:
             if d < ndev:
                 want[d] = 1
+        self._start()
         try:
             with nogil:
                 while (k < total or pull) and not self.failed and not oom:
@@ -394,6 +466,8 @@ cdef class Engine:
                         if nb == 0 and k >= total and made == 0:
                             break
                     mb_engine_run(self.eng)
+                    if self.pending:
+                        self._service()
                     for d in range(ndev):
                         while True:
                             m = mb_engine_tx(self.eng, d, txb, 256)
@@ -421,6 +495,7 @@ cdef class Engine:
             over = {d: oversize[d] for d in range(ndev) if oversize[d]}
             return result, over
         finally:
+            self._stop()
             for d in range(ndev):
                 free(outs[d].data)
                 free(outs[d].rec)
@@ -429,6 +504,17 @@ cdef class Engine:
     def run_sources(self, uint64_t max_packets=0):
         """Poll sources until they stop (or max_packets made), running the
         graph and discarding what devices send. Returns (made, seconds)."""
+        cdef uint64_t made = 0, t0 = 0, t1 = 0
+        self._start()
+        try:
+            self._run_sources(max_packets, &made, &t0, &t1)
+        finally:
+            self._stop()
+        self._check_failure()
+        return made, (t1 - t0) / 1e9
+
+    cdef void _run_sources(self, uint64_t max_packets, uint64_t *made_out, uint64_t *t0_out,
+                           uint64_t *t1_out):
         cdef uint64_t made = 0, t0, t1
         cdef uint32_t m, d, i, ndev = self.eng.ndev
         cdef mb_packet *txb[256]
@@ -440,6 +526,8 @@ cdef class Engine:
                     break
                 made += m
                 mb_engine_run(self.eng)
+                if self.pending:
+                    self._service()
                 for d in range(ndev):
                     while True:
                         m = mb_engine_tx(self.eng, d, txb, 256)
@@ -450,8 +538,9 @@ cdef class Engine:
                 if max_packets and made >= max_packets:
                     break
             t1 = now_ns()
-        self._check_failure()
-        return made, (t1 - t0) / 1e9
+        made_out[0] = made
+        t0_out[0] = t0
+        t1_out[0] = t1
 
     # -- counters --------------------------------------------------------------
 

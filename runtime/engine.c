@@ -152,6 +152,30 @@ void mb_host_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
         mb_drop(e, pkts[i]);
 }
 
+int mb_engine_control(struct mb_engine *eng, uint32_t elem, const uint8_t *msg,
+                      uint32_t len)
+{
+    struct mb_elem *e;
+    if (elem >= eng->nelem) {
+        set_err(eng->err, MB_ERRLEN, "no such element", 0, 0);
+        return -1;
+    }
+    e = &eng->elems[elem];
+    if (!e->k->control)
+        return mb_fail(e, "has no write handlers");
+    return e->k->control(e, msg, len);
+}
+
+uint32_t mb_engine_query(struct mb_engine *eng, uint32_t elem, uint32_t what,
+                         uint8_t *out, uint32_t cap)
+{
+    struct mb_elem *e;
+    if (elem >= eng->nelem || !eng->elems[elem].k->query)
+        return 0;
+    e = &eng->elems[elem];
+    return e->k->query(e, what, out, cap);
+}
+
 int mb_engine_device(const struct mb_engine *eng, const char *name)
 {
     uint32_t i;

@@ -92,6 +92,16 @@ void mb_engine_run(struct mb_engine *eng);
 uint32_t mb_engine_tx(struct mb_engine *eng, uint32_t dev,
                       struct mb_packet **out, uint32_t max);
 
+/* Write handler: hand msg to element `elem`'s kernel control(); call only
+ * between passes. 0, or -1 with a message in eng->err. */
+int mb_engine_control(struct mb_engine *eng, uint32_t elem, const uint8_t *msg,
+                      uint32_t len);
+
+/* Read handler: the kernel's query(what) into out; bytes written (0 if the
+ * kernel has none). Call only between passes. */
+uint32_t mb_engine_query(struct mb_engine *eng, uint32_t elem, uint32_t what,
+                         uint8_t *out, uint32_t cap);
+
 /* Index of the device with this name, or -1. */
 int mb_engine_device(const struct mb_engine *eng, const char *name);
 

@@ -13,7 +13,7 @@ import heapq
 import numpy as np
 
 from middlebox import pcap
-from middlebox.errors import RunError
+from middlebox.errors import ConfigError, RunError
 from middlebox.runtime._engine import Engine as _CEngine
 from middlebox.runtime._engine import EngineError
 
@@ -106,6 +106,70 @@ class Engine:
                 row[xname] = s["xstat"][i]
             out[s["name"]] = row
         return out
+
+    # -- handlers: Click-style live read/write ----------------------------------
+
+    def handlers(self):
+        """{"element.handler": "r" | "w" | "rw"} for every handler."""
+        out = {}
+        for name in self.plan.order:
+            e = self.plan.graph.elements[name]
+            reads = set(self._generic_reads(e)) | set(e.read_handlers)
+            for h in sorted(reads | set(e.write_handlers)):
+                out[f"{name}.{h}"] = ("r" if h in reads else "") + ("w" if h in e.write_handlers else "")
+        return out
+
+    @staticmethod
+    def _generic_reads(e):
+        return ["in", "out", "dropped", "created", "ports", "class", "config",
+                *getattr(e, "xstats", ()), *e.params]
+
+    def _split(self, handler):
+        name, _, h = handler.rpartition(".")
+        if not name or name not in self.plan.graph.elements:
+            raise RunError(f"no element '{name or handler}' (handlers are ELEMENT.HANDLER)")
+        return name, self.plan.graph.elements[name], h
+
+    def read(self, handler):
+        """The value of read handler "element.handler", as text."""
+        name, e, h = self._split(handler)
+        stats = self.stats()[name]
+        if h in e.read_handlers:
+            index = self.plan.index(name)
+
+            class Ctx:
+                def query(ctx, what=0):
+                    return self.c.between_passes("query", index, int(what))
+            Ctx.stats = stats
+            try:
+                return str(e.read_handlers[h](e, Ctx()))
+            except EngineError as err:
+                raise RunError(str(err)) from None
+        if h in stats:
+            v = stats[h]
+            return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+        if h == "config":
+            return " ".join(f"{k}={getattr(e, k)}" for k in e.params)
+        if h in e.params:
+            return str(getattr(e, h))
+        raise RunError(f"element '{name}': no read handler '{h}' "
+                       f"(has: {', '.join(sorted(set(self._generic_reads(e)) | set(e.read_handlers)))})")
+
+    def write(self, handler, value=""):
+        """Apply write handler "element.handler" with `value`: between two
+        passes of a running engine (no packet is lost), or now when idle."""
+        name, e, h = self._split(handler)
+        if h not in e.write_handlers:
+            have = ", ".join(sorted(e.write_handlers)) or "none"
+            raise RunError(f"element '{name}': no write handler '{h}' (has: {have})")
+        try:
+            msg = e.write_handlers[h](e, value)
+        except (ValueError, ConfigError) as err:
+            raise RunError(f"element '{name}': {h}: {getattr(err, 'message', err)}") from None
+        try:
+            self.c.between_passes("control", self.plan.index(name), bytes(msg))
+        except EngineError as err:
+            raise RunError(str(err)) from None
 
     def device_stats(self):
         """{device: {rx, rx_dropped, tx, oversize}}."""

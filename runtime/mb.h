@@ -212,6 +212,13 @@ struct mb_kernel {
     void (*push)(struct mb_elem *e, struct mb_packet **pkts, uint32_t n);
     /* Sources only: emit up to max new packets; return how many. */
     uint32_t (*pull)(struct mb_elem *e, uint32_t max);
+    /* Optional, write handlers: apply a message the element's Python class
+     * made (e.g. a new backend table), between passes; 0, or -1 with
+     * mb_fail() leaving the element as it was. */
+    int (*control)(struct mb_elem *e, const uint8_t *msg, uint32_t len);
+    /* Optional, read handlers: write what query `what` asks for (e.g. the
+     * NAT's mappings) into out[0..cap); return the bytes written. */
+    uint32_t (*query)(struct mb_elem *e, uint32_t what, uint8_t *out, uint32_t cap);
 };
 
 /* Every kernel file declares its kernels with MB_KERNEL(name); the build

@@ -59,9 +59,8 @@ static struct pvclock pvclock __attribute__((aligned(64)));
 static uint64_t from_kvmclock(uint32_t hv_max)
 {
     uint32_t r[4];
-    uint32_t mul;
-    int8_t shift;
-    uint32_t spins;
+    uint32_t mul = 0, spins;
+    int8_t shift = 0;
     cpuid(0x40000000, 0, r);
     /* "KVMKVMKVM\0\0\0" */
     if (r[1] != 0x4b4d564b || r[2] != 0x564b4d56 || r[3] != 0x0000004d || hv_max < 0x40000001)
@@ -82,16 +81,12 @@ static uint64_t from_kvmclock(uint32_t hv_max)
     wrmsr(MSR_KVM_SYSTEM_TIME_NEW, 0);  /* one reading is all we need */
     if (!mul)
         return 0;
-    /* ns = (cycles << shift) * mul / 2^32, so cycles/s = 1e9 * 2^32 / (mul << shift). */
-    {
-        unsigned __int128 num = (unsigned __int128)1000000ull << 32;
-        uint64_t den = mul;
-        if (shift >= 0)
-            den <<= shift;
-        else
-            num <<= -shift;
-        return (uint64_t)(num / den);
-    }
+    /* ns = (cycles << shift) * mul / 2^32, so kHz = 1e6 * 2^32 / (mul << shift). */
+    if (shift >= 0)
+        return (1000000ull << 32) / ((uint64_t)mul << shift);
+    if (shift < -10)
+        return 0;
+    return (1000000ull << (32 - shift)) / mul;
 }
 
 /* Count TSC cycles while the local APIC timer runs for CLOCK_CAL_NS. */

@@ -116,6 +116,11 @@ void con_vprintf(const char *fmt, va_list ap)
             else
                 break;
         }
+        if (*fmt == '*') {
+            int w = va_arg(ap, int);
+            width = w > 0 ? (uint32_t)w : 0;
+            fmt++;
+        }
         while (*fmt >= '0' && *fmt <= '9')
             width = width * 10 + (uint32_t)(*fmt++ - '0');
         while (*fmt == 'l') {

@@ -13,7 +13,7 @@ void con_write(const char *s, uint32_t n);
 void con_puts(const char *s);
 
 /*
- * printf for the guest: %s %c %d %u %x with optional l/ll, a width, and
+ * printf for the guest: %s %c %d %u %x with optional l/ll, a width (or *), and
  * the '-' (left-align) and '0' flags. Output goes out in one burst.
  */
 void con_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

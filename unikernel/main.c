@@ -194,15 +194,20 @@ static uint32_t setup(void)
                           sizeof(err));
     if (!size)
         panic(err);
+    { uint64_t a = clock_ns(); mb_engine_size(mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels, err, sizeof(err));
+      con_printf("dbg: second size %lu ns\n", clock_ns() - a); }
     arena = platform_alloc(size, 64);
     if (!arena)
         panic("not enough memory for the engine (give the VM more with --mem)");
+    con_printf("dbg: size %lu us\n", clock_ns()/1000);
     eng = mb_engine_init(arena, size, mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels,
                          err, sizeof(err));
     if (!eng)
         panic(err);
 
+    con_printf("dbg: init %lu us\n", clock_ns()/1000);
     ntrans = vmmio_discover(transports, MAX_NICS);
+    con_printf("dbg: discover %lu us\n", clock_ns()/1000);
     for (i = 0; i < ntrans && nnet < eng->ndev && nnet < MAX_NICS; i++) {
         const char *why = "";
         struct vnet *n = &nics[nnet];
@@ -213,6 +218,7 @@ static uint32_t setup(void)
             panic("cannot bring a NIC up");
         }
         bound[nnet] = n;
+        con_printf("dbg: vnet %lu us\n", clock_ns()/1000);
         con_printf("middlebox: device %s: virtio-net at %lx (%s)", eng->devs[nnet].name,
                    (uint64_t)transports[i].base, transports[i].version == 2 ? "virtio 1.x" : "legacy");
         if (n->has_mac) {
@@ -289,10 +295,28 @@ static void run(uint32_t nnet)
 void guest_main(uint32_t start_info)
 {
     uint32_t nnet;
+    uint64_t t0 = rdtsc(), t1, t2, t3, t4;
     platform_init(start_info);
+    t1 = rdtsc();
     con_init();
+    t2 = rdtsc();
     clock_init();
+    t3 = rdtsc();
     nnet = setup();
+    t4 = rdtsc();
+    {
+        uint32_t r[4], l;
+        con_printf("dbg: entry->main %lu us, platform %lu, con %lu, clock %lu, setup %lu\n",
+            clock_tsc_to_ns(t0 - boot_tsc)/1000, clock_tsc_to_ns(t1-t0)/1000, clock_tsc_to_ns(t2-t1)/1000,
+            clock_tsc_to_ns(t3-t2)/1000, clock_tsc_to_ns(t4-t3)/1000);
+        for (l = 0; l < 0x17; l += 0x15) { }
+        cpuid(0, 0, r); con_printf("cpuid0 max %x\n", r[0]);
+        cpuid(0x15, 0, r); con_printf("cpuid15 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
+        cpuid(0x16, 0, r); con_printf("cpuid16 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
+        cpuid(1, 0, r); con_printf("cpuid1 ecx %x\n", r[2]);
+        cpuid(0x40000000, 0, r); con_printf("cpuid40000000 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
+        con_printf("cmdline: %s\n", platform_cmdline());
+    }
     ready_ns = clock_ns();
     con_printf("middlebox: %s ready in %lu us\n", eng->graph_name, ready_ns / 1000);
     run(nnet);
