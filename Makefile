@@ -14,12 +14,16 @@ OUT    := out
 all: setup
 
 # Debian packages: a C compiler, Python's venv and headers, Graphviz for
-# `middlebox show -o graph.png`. Only what is missing is installed.
+# `middlebox show -o graph.png`, QEMU for `middlebox boot` (graphs as VMs).
+# Only what is missing is installed.
 debian:
 	@missing=""; \
 	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v ld >/dev/null || missing="$$missing binutils"; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	command -v make >/dev/null || missing="$$missing make"; \
 	command -v dot >/dev/null || missing="$$missing graphviz"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	$(PYTHON) -c 'import sysconfig,os,sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")))' \
 	  || missing="$$missing python3-dev"; \

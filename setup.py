@@ -36,10 +36,12 @@ core = ("mbcore", {
 
 ext = Extension(
     "middlebox.runtime._engine",
-    sources=["runtime/_engine.pyx"],
+    # live.c: host-only live-interface driver (libc, Linux headers); never
+    # part of the freestanding core library.
+    sources=["runtime/_engine.pyx", "runtime/live.c"],
     include_dirs=["runtime", numpy.get_include()],
     extra_compile_args=["-O3", "-Wno-unused-function"],
-    depends=["runtime/mb.h", "runtime/engine.h"] + KERNEL_SOURCES,
+    depends=["runtime/mb.h", "runtime/engine.h", "runtime/live.h"] + KERNEL_SOURCES,
 )
 
 setup(

@@ -2,22 +2,43 @@
 
 The patterns are compiled, once, into a decision program: a forward DAG of
 word tests that the C kernel (classifier.c) walks for every packet. Each test
-reads one aligned 4-byte big-endian word of the packet and compares it under a
-mask; it also carries the packet length the original clauses need, so a
-clause that reaches past the end of a packet never matches.
+reads one aligned 4-byte big-endian word and compares it under a mask; it
+also carries the length the original clauses need, so a clause that reaches
+past the end of a packet never matches.
+
+The same program format, compiler and kernel serve IPClassifier and IPFilter
+(elements/ipfilter.py): a test's offset is relative to a *base*:
+
+    0  BASE_DATA    the packet data (Classifier); length = packet length
+    1  BASE_NET     the IPv4 header at the `nh` annotation; length = the
+                    datagram: min(bytes after nh, IP total length)
+    2  BASE_TRANSP  the transport header, IHL * 4 bytes after the IPv4
+                    header (IHL read from the packet); length = what is left
+                    of the datagram after it (0 if IHL < 5 or past its end)
+
+Programs with the FLAG_IP flag need a valid IP header: packets whose `nh`
+annotation is unset, or whose datagram is shorter than 20 bytes, are dropped
+and counted in xstat[0]. Every program counts packets that match no pattern
+in xstat[1] and packets sent to DENY in xstat[2].
 
 Plan layout (little-endian), read by classifier_init():
 
-    header  u32 version (1), u32 npatterns, u32 nnodes, i32 entry
-    node    u32 offset      aligned down to 4
-            u32 need        the test fails unless packet length >= need
+    header  u32 version (3)
+            u16 noutputs, u16 flags     (FLAG_IP = 1)
+            u32 nnodes, i32 entry
+    node    u32 where       bits 0-23 offset, aligned down to 4;
+                            bits 24-31 base (0 unless FLAG_IP)
+            u32 need        the test fails unless the base's length >= need
             u32 mask        big-endian word semantics: byte offset+0 is the
             u32 value           most significant byte; value & ~mask == 0
             i32 yes, no     targets: >= 0 a later node, -(k+1) output k,
-                            DROP (INT32_MIN) the packet is dropped
+                            DROP (INT32_MIN) no pattern matched: dropped,
+                            DENY (INT32_MIN + 1) dropped by a rule
 
 A node's targets always point to later nodes, so a walk ends after at most
 nnodes tests; the kernel checks that (and every other field) at init.
+(Version 2 was never used: it is the "unknown version" the Classifier tests
+probe with.)
 """
 
 import bisect
@@ -25,8 +46,14 @@ import struct
 
 from middlebox.element import Element, List, Param, Str
 
-VERSION = 1
+VERSION = 3
 DROP = -0x80000000
+DENY = -0x80000000 + 1
+FLAG_IP = 1
+MAX_OUTPUTS = 0xFFFF
+BASE_DATA, BASE_NET, BASE_TRANSP = 0, 1, 2
+NBASES = 3
+BASE_NAMES = ("", "ip", "transp")
 INFINITY = float("inf")
 MAX_OFFSET = 65535
 HEADER = struct.Struct("<IIIi")
@@ -35,17 +62,22 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 class Test(tuple):
-    """One word test: (offset, need, mask, value); offset is 4-aligned."""
+    """One word test: (offset, need, mask, value, base); offset is 4-aligned.
+
+    It holds when the base's length is at least `need` and the word at
+    `offset` from the base, ANDed with `mask`, equals `value`."""
 
     __slots__ = ()
 
-    def __new__(cls, off, need, mask, value):
-        return tuple.__new__(cls, (off, need, mask, value & mask))
+    def __new__(cls, off, need, mask, value, base=BASE_DATA):
+        return tuple.__new__(cls, (off, need, mask, value & mask, base))
 
     off = property(lambda t: t[0])
     need = property(lambda t: t[1])
     mask = property(lambda t: t[2])
     value = property(lambda t: t[3])
+    base = property(lambda t: t[4])
+    where = property(lambda t: (t[4], t[0]))
 
 
 class Clause:
@@ -168,74 +200,87 @@ def pattern_steps(clauses):
 class Knowledge:
     """What the tests on one path through the program have shown.
 
-    lmin   -- the packet is at least this long (a true test needed it)
-    lmax   -- the packet is shorter than this (a false test whose bits were
-              all known to hold)
-    known  -- {aligned offset: (mask, value)}: bits shown by true tests
+    Lengths and bits are tracked per base (a base's length says nothing about
+    another's; bits of one packet stay what they are along a path).
+
+    lmin   -- per base: its length is at least this (a true test needed it)
+    lmax   -- per base: its length is below this (a false test whose bits
+              were all known to hold)
+    known  -- {(base, aligned offset): (mask, value)}: bits shown by true tests
     false  -- tests shown false that none of the above explains
     Only sound deductions are made; 'unknown' is always a safe answer.
     """
 
     __slots__ = ("lmin", "lmax", "known", "false")
 
-    def __init__(self, lmin=0, lmax=INFINITY, known=None, false=()):
+    def __init__(self, lmin=(0,) * NBASES, lmax=(INFINITY,) * NBASES, known=None, false=()):
         known = known or {}
+        lmax = list(lmax)
         kept = []
         for f in false:
-            km, kv = known.get(f.off, (0, 0))
-            if f.need >= lmax or (kv ^ f.value) & km & f.mask:
+            km, kv = known.get(f.where, (0, 0))
+            if f.need >= lmax[f.base] or (kv ^ f.value) & km & f.mask:
                 continue                    # length or known bits explain it
             if not (f.mask & ~km):
-                lmax = min(lmax, f.need)    # its bits hold: it was too short
+                lmax[f.base] = min(lmax[f.base], f.need)   # its bits hold: too short
                 continue
             kept.append(f)
-        self.lmin, self.lmax, self.known, self.false = lmin, lmax, known, frozenset(kept)
+        self.lmin, self.lmax = tuple(lmin), tuple(lmax)
+        self.known, self.false = known, frozenset(kept)
 
     def implies(self, t):
         """True/False if t's outcome follows from what is known, else None."""
-        if t.need >= self.lmax:
+        b = t.base
+        if t.need >= self.lmax[b]:
             return False
-        km, kv = self.known.get(t.off, (0, 0))
+        km, kv = self.known.get(t.where, (0, 0))
         if (kv ^ t.value) & km & t.mask:
             return False            # known bits contradict t
-        if t.need <= self.lmin and not (t.mask & ~km):
+        if t.need <= self.lmin[b] and not (t.mask & ~km):
             return True             # long enough, and all of t's bits known
-        # If t held, the packet would be at least `reach` long and t's bits
+        # If t held, the base would be at least `reach` long and t's bits
         # would join the known ones: a test shown false would then hold.
-        reach = max(t.need, self.lmin)
+        reach = max(t.need, self.lmin[b])
         fm, fv = km | t.mask, kv | t.value
         for f in self.false:
-            if (f.off == t.off and f.need <= reach and not (f.mask & ~fm)
+            if (f.where == t.where and f.need <= reach and not (f.mask & ~fm)
                     and not ((fv ^ f.value) & f.mask)):
                 return False
         return None
 
     def holds(self, t):
         known = dict(self.known)
-        km, kv = known.get(t.off, (0, 0))
+        km, kv = known.get(t.where, (0, 0))
         if t.mask:
-            known[t.off] = (km | t.mask, kv | t.value)
-        return Knowledge(max(self.lmin, t.need), self.lmax, known, self.false)
+            known[t.where] = (km | t.mask, kv | t.value)
+        lmin = list(self.lmin)
+        lmin[t.base] = max(lmin[t.base], t.need)
+        return Knowledge(lmin, self.lmax, known, self.false)
 
     def fails(self, t):
         return Knowledge(self.lmin, self.lmax, self.known, self.false | {t})
 
-    def key(self, offsets, needs):
+    def key(self, wheres, needs):
         """A key equal for two states that decide every test left alike.
 
-        offsets/needs: those of the tests still to come. Facts about other
-        words are dropped, and lmin/lmax are rounded to the needs that can
-        still be compared with them.
+        wheres/needs: the (base, offset)s of the tests still to come, and
+        per base the sorted needs of those tests. Facts about other words
+        are dropped, and lmin/lmax are rounded to the needs that can still
+        be compared with them.
         """
-        false = frozenset(f for f in self.false if f.off in offsets)
-        if false:
-            needs = sorted(set(needs).union(f.need for f in false))
-        i = bisect.bisect_right(needs, self.lmin)
-        lmin = needs[i - 1] if i else 0
-        j = bisect.bisect_left(needs, self.lmax)
-        lmax = needs[j] if j < len(needs) else INFINITY
-        known = frozenset((o, mv) for o, mv in self.known.items() if o in offsets)
-        return lmin, lmax, known, false
+        false = frozenset(f for f in self.false if f.where in wheres)
+        lmins, lmaxs = [], []
+        for b in range(NBASES):
+            nb = needs[b]
+            extra = [f.need for f in false if f.base == b]
+            if extra:
+                nb = sorted(set(nb).union(extra))
+            i = bisect.bisect_right(nb, self.lmin[b])
+            lmins.append(nb[i - 1] if i else 0)
+            j = bisect.bisect_left(nb, self.lmax[b])
+            lmaxs.append(nb[j] if j < len(nb) else INFINITY)
+        known = frozenset((o, mv) for o, mv in self.known.items() if o in wheres)
+        return tuple(lmins), tuple(lmaxs), known, false
 
 
 class _TooBig(Exception):
@@ -249,8 +294,11 @@ class Program:
     post-order, children before parents), -(k+1) output k, or DROP.
     """
 
-    def __init__(self, steps):
+    def __init__(self, steps, targets=None, start=None):
         self.steps = steps          # per pattern: list of steps, or None
+        # where a packet goes when pattern p matches (default: output p)
+        self.targets = targets or [-(p + 1) for p in range(len(steps))]
+        self.start = start or Knowledge()   # what holds for every packet
         self.nodes = []             # (Test, yes, no) in post-order
         self._ids = {}
 
@@ -272,7 +320,7 @@ class Program:
             if steps is None:
                 continue
             fail = nxt
-            targets = [None] * len(steps) + [-(p + 1)]
+            targets = [None] * len(steps) + [self.targets[p]]
             for s in reversed(range(len(steps))):
                 test, yes, no = steps[s]
                 y = fail if yes is None else targets[yes]
@@ -290,17 +338,18 @@ class Program:
         past `limit` nodes or 4 x `limit` steps of work.
         """
         npat = len(self.steps)
-        # Offsets and needs of the tests from (pattern p, step s) on.
+        # Words and needs of the tests from (pattern p, step s) on.
         rest = {}
-        offsets, needs = frozenset(), ()
+        wheres, needs = frozenset(), ((),) * NBASES
         for p in reversed(range(npat)):
             for s in reversed(range(len(self.steps[p] or ()))):
                 t = self.steps[p][s][0]
-                if t.off not in offsets:
-                    offsets = offsets | {t.off}
-                if t.need not in needs:
-                    needs = tuple(sorted(needs + (t.need,)))
-                rest[p, s] = (offsets, needs)
+                if t.where not in wheres:
+                    wheres = wheres | {t.where}
+                if t.need not in needs[t.base]:
+                    nb = tuple(sorted(needs[t.base] + (t.need,)))
+                    needs = needs[:t.base] + (nb,) + needs[t.base + 1:]
+                rest[p, s] = (wheres, needs)
         memo = {}
         work = [4 * limit]
 
@@ -311,7 +360,7 @@ class Program:
                 return DROP
             steps = self.steps[p]
             if s == len(steps):
-                return -(p + 1)
+                return self.targets[p]
             key = (p, s, k.key(*rest[p, s]))
             if key in memo:
                 return memo[key]
@@ -334,7 +383,7 @@ class Program:
             memo[key] = r
             return r
 
-        return build(0, 0, Knowledge())
+        return build(0, 0, self.start)
 
     def finish(self, entry):
         """Renumber so targets only point forward, dropping unreachable nodes.
@@ -356,28 +405,66 @@ class Program:
         return target(entry), nodes
 
 
-def compile_patterns(patterns, max_shared_steps=300, limit=None):
-    """Compile parsed patterns (lists of Clause) to (entry, nodes, shared?).
+def compile_steps(steps, targets=None, start=None, max_shared_steps=300, limit=None):
+    """Compile per-pattern steps to (entry, nodes, shared?).
 
     The shared compiler is used when there are at most `max_shared_steps`
     steps (it recurses once per step) and it stays within `limit` nodes
-    (default: four times the chain's size); otherwise the chain is used."""
-    steps = [pattern_steps(c) for c in patterns]
+    (default: four times the chain's size); otherwise the chain is used.
+    `targets` maps patterns to targets; `start` is the Knowledge every
+    packet begins with."""
     total = sum(len(s) for s in steps if s)
     if total + len(steps) <= max_shared_steps:
-        prog = Program(steps)
+        prog = Program(steps, targets, start)
         try:
             entry = prog.build_shared(limit or max(64, 4 * total))
             return prog.finish(entry) + (True,)
         except (_TooBig, RecursionError):
             pass
-    prog = Program(steps)
+    prog = Program(steps, targets, start)
     return prog.finish(prog.build_chain()) + (False,)
+
+
+def compile_patterns(patterns, max_shared_steps=300, limit=None):
+    """Compile parsed patterns (lists of Clause) to (entry, nodes, shared?)."""
+    return compile_steps([pattern_steps(c) for c in patterns],
+                         max_shared_steps=max_shared_steps, limit=limit)
+
+
+def lower_program(noutputs, flags, entry, nodes):
+    """The plan bytes of a compiled program (layout in the module docs)."""
+    out = [HEADER.pack(VERSION, noutputs | (flags << 16), len(nodes), entry)]
+    for test, yes, no in nodes:
+        out.append(NODE.pack(test.off | (test.base << 24), test.need, test.mask,
+                             test.value, yes, no))
+    return b"".join(out)
+
+
+def describe_test(t):
+    """One test as text: the length it needs and the word it compares."""
+    name = BASE_NAMES[t.base]
+    cond = f"{name + '.' if name else ''}len >= {t.need}"
+    if t.mask:
+        cond += f" and {name}[{t.off}..{t.off + 3}] & {t.mask:08x} == {t.value:08x}"
+    return cond
+
+
+def program_text(entry, nodes, shared):
+    """A compiled program, one test per line."""
+    kind = "shared tests" if shared else "chain of tests"
+    lines = [f"{len(nodes)} node(s), {kind}; start: {_target_text(entry)}"]
+    width = len(str(max(len(nodes) - 1, 0)))
+    for i, (t, yes, no) in enumerate(nodes):
+        lines.append(f"{i:>{width}}: if {describe_test(t)} then {_target_text(yes)} "
+                     f"else {_target_text(no)}")
+    return "\n".join(lines)
 
 
 def _target_text(t):
     if t == DROP:
         return "drop"
+    if t == DENY:
+        return "deny"
     if t < 0:
         return f"out {-t - 1}"
     return f"{t}"
@@ -420,6 +507,9 @@ class Classifier(Element):
     SHARED_MAX_STEPS = 300
 
     def configure(self):
+        if len(self.patterns) > MAX_OUTPUTS:
+            self.error(f"too many patterns ({len(self.patterns)}; at most {MAX_OUTPUTS})",
+                       "patterns")
         parsed = []
         for i, text in enumerate(self.patterns, 1):
             try:
@@ -432,19 +522,8 @@ class Classifier(Element):
         return len(self.patterns)
 
     def lower(self, ctx):
-        out = [HEADER.pack(VERSION, len(self.patterns), len(self.nodes), self.entry)]
-        for test, yes, no in self.nodes:
-            out.append(NODE.pack(test.off, test.need, test.mask, test.value, yes, no))
-        return b"".join(out)
+        return lower_program(len(self.patterns), 0, self.entry, self.nodes)
 
     def program_text(self):
         """The compiled decision program, one test per line."""
-        kind = "shared tests" if self.shared else "chain of tests"
-        lines = [f"{len(self.nodes)} node(s), {kind}; start: {_target_text(self.entry)}"]
-        width = len(str(max(len(self.nodes) - 1, 0)))
-        for i, (t, yes, no) in enumerate(self.nodes):
-            cond = f"len >= {t.need}"
-            if t.mask:
-                cond += f" and [{t.off}..{t.off + 3}] & {t.mask:08x} == {t.value:08x}"
-            lines.append(f"{i:>{width}}: if {cond} then {_target_text(yes)} else {_target_text(no)}")
-        return "\n".join(lines)
+        return program_text(self.entry, self.nodes, self.shared)

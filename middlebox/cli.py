@@ -4,9 +4,13 @@
     middlebox show  GRAPH.yaml [-o graph.png|.svg|.dot] [--programs]
     middlebox run   GRAPH.yaml --in DEV=in.pcap ... --out DEV=out.pcap ... [--stats text|json|none]
                     [--control SOCKET [--linger]]
+    middlebox run   GRAPH.yaml --dev DEV=IFNAME|tap:NAME ... [--workers N] [--duration S]
+                    [--control SOCKET] [--busy-poll] [--ring v3|v2]
     middlebox ctl   SOCKET read|write|list|quit [ELEMENT.HANDLER] [VALUE]
     middlebox bench GRAPH.yaml [--packets N] [--json FILE]
     middlebox elements [NAME]
+    middlebox build GRAPH.yaml [-o fw.elf]
+    middlebox boot  fw.elf --nic DEV=tap:IFNAME ... [--accel auto|kvm|tcg] [--mem auto|64M] [--dry-run]
 
 Exit codes: 0 success, 2 usage or configuration error, 1 failure while
 running. Errors are one line; MIDDLEBOX_DEBUG=1 adds the traceback of an
@@ -156,8 +160,14 @@ def _stats_text(stats, devices):
     out = ["  ".join(f"{r[i]:<{w[i]}}" if i < 2 else f"{r[i]:>{w[i]}}" for i in range(5))
            + ("  " + r[5] if r[5] else "") for r in rows]
     for d, s in devices.items():
-        out.append(f"device {d}: rx {s['rx']} (dropped {s['rx_dropped'] + s['oversize']}), "
-                   f"tx {s['tx']}")
+        line = (f"device {d}: rx {s['rx']} (dropped {s['rx_dropped'] + s['oversize']}), "
+                f"tx {s['tx']}")
+        if "interface" in s:        # live: the interface and what the kernel dropped
+            line = (f"device {d} ({s['interface']}): rx {s['rx']} (dropped "
+                    f"{s['rx_dropped'] + s['oversize']}, kernel ring drops "
+                    f"{s['kernel_drops']}), tx {s['tx']} (errors {s['tx_errors']}, "
+                    f"dropped {s['tx_dropped']})")
+        out.append(line)
     return "\n".join(out)
 
 
@@ -165,6 +175,12 @@ def cmd_run(args):
     from middlebox import pcap, plan
     from middlebox.runtime import Engine
 
+    if args.devs:
+        return _run_live(args)
+    for flag, value in (("--workers", args.workers != 1), ("--duration", args.duration),
+                        ("--busy-poll", args.busy_poll), ("--ring", args.ring != "v3")):
+        if value:
+            raise ConfigError(f"{flag} is for live runs: bind devices with --dev DEV=IFNAME")
     g = _load(args.graph)
     ins = dict(_binding(b, "--in") for b in args.inputs)
     outs = dict(_binding(b, "--out") for b in args.outputs)
@@ -234,6 +250,42 @@ def cmd_run(args):
     return 0
 
 
+def _run_live(args):
+    """`run --dev`: devices on Linux interfaces or TAPs (middlebox/runtime/live.py)."""
+    from middlebox import plan
+    from middlebox.runtime import live
+
+    if args.inputs or args.outputs:
+        raise ConfigError("--dev cannot be mixed with --in/--out: a run is live or over pcaps")
+    if args.linger:
+        raise ConfigError("--linger is for pcap runs (a live run serves --control until it stops)")
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration must be more than 0 seconds")
+    bindings = {}
+    for b in args.devs:
+        dev, spec = _binding(b, "--dev")
+        if dev in bindings:
+            raise ConfigError(f"--dev {dev}: device bound twice")
+        bindings[dev] = spec
+    g = _load(args.graph)
+    live.check_bindings(g, bindings)
+    _warn(g)
+    res = live.run(plan.build(g), bindings, workers=args.workers, duration=args.duration or 0,
+                   control=args.control, busy_poll=args.busy_poll, ring=args.ring)
+    if args.stats == "json":
+        print(json.dumps({"graph": g.name, "seconds": res["seconds"], "elements": res["elements"],
+                          "devices": res["devices"], "workers": res["workers"]}, indent=2))
+    elif args.stats == "text":
+        print(_stats_text(res["elements"], res["devices"]))
+        if len(res["workers"]) > 1:
+            for w in res["workers"]:
+                per = ", ".join(f"{d} rx {s['rx']} tx {s['tx']}" for d, s in w["devices"].items())
+                print(f"worker {w['worker']} (cpu {w['cpu']}, pid {w['pid']}): {per}")
+    return 0
+
+
 # --- ctl --------------------------------------------------------------------
 
 def cmd_ctl(args):
@@ -268,6 +320,50 @@ def cmd_bench(args):
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
     return 0
+
+
+# --- build and boot (a graph as a VM) ---------------------------------------
+
+def cmd_build(args):
+    from middlebox.unikernel import build
+
+    g = _load(args.graph)
+    out = args.output or os.path.splitext(os.path.basename(args.graph))[0] + ".elf"
+    b = build.build(g, out)
+    _warn(g)
+    print(f"{out}: graph '{g.name}', {b.size / 1024:.0f} KiB, boots in "
+          f"{b.memory['min_mib']} MiB, kernels: {', '.join(b.kernels)}"
+          + (" (cached)" if b.cached else ""))
+    return 0
+
+
+def cmd_boot(args):
+    import shlex
+
+    from middlebox.unikernel import qemu
+
+    if not os.path.exists(args.image):
+        raise ConfigError("no such file", args.image)
+    _, devices = qemu.image_devices(args.image)
+    nics = qemu.bind_nics(devices, args.nics)
+    accel = qemu.choose_accel(args.accel)
+    append = " ".join(filter(None, ["mb.trace" if args.trace else "", args.append or ""]))
+    cmd = qemu.command(args.image, nics, accel, args.mem, append=append)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    cmd[0] = qemu.qemu_path()
+    ok, why = qemu.kvm_usable()
+    if accel == "kvm" and not ok and why.startswith("/dev/kvm"):
+        raise RunError(f"--accel kvm: {why}")
+    print(f"booting {args.image}: {accel}" + ("" if ok or accel == "kvm" else f" ({why})")
+          + f", {qemu.parse_mem(args.mem, args.image)} MiB; console: stats, info, quit",
+          file=sys.stderr)
+    # The serial console is this terminal: type stats, info, quit.
+    rc = subprocess.call(cmd)
+    if rc == 1:
+        return 0            # the guest powered off (quit)
+    return 1 if rc else 0
 
 
 # --- elements ---------------------------------------------------------------
@@ -321,6 +417,17 @@ def parser():
                    help="serve live read/write handlers on this Unix socket")
     p.add_argument("--linger", action="store_true",
                    help="with --control: after the input, keep serving until 'ctl ... quit'")
+    p.add_argument("--dev", dest="devs", action="append", default=[], metavar="DEV=IFNAME",
+                   help="live: bind a device to a Linux interface (AF_PACKET) or tap:NAME")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="live: N engines on N cores, traffic spread by flow (PACKET_FANOUT)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="live: stop after S seconds (default: at SIGINT/SIGTERM)")
+    p.add_argument("--busy-poll", action="store_true",
+                   help="live: spin on the rings instead of sleeping in poll() when idle")
+    p.add_argument("--ring", choices=("v3", "v2"), default="v3",
+                   help="live: receive ring, TPACKET_V3 blocks (throughput, default) or "
+                        "TPACKET_V2 frames (latency)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("ctl", help="read or write handlers of a running engine")
     p.add_argument("socket")
@@ -333,6 +440,23 @@ def parser():
     p.add_argument("--packets", type=int, default=10_000_000)
     p.add_argument("--json")
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("build", help="build a graph into a bootable VM image (PVH ELF)")
+    p.add_argument("graph")
+    p.add_argument("-o", "--output", help="image file (default: GRAPH.elf here)")
+    p.set_defaults(fn=cmd_build)
+    p = sub.add_parser("boot", help="boot a VM image under QEMU; console: stats, info, quit")
+    p.add_argument("image")
+    p.add_argument("--nic", dest="nics", action="append", default=[], metavar="DEV=SPEC",
+                   help="tap:IFNAME, socket:OPTS, dgram:OPTS, stream:OPTS, vhost-user:PATH, "
+                        "user; optional ,mac=ADDR")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
+                   help="auto: KVM only with vmx/svm and /dev/kvm, else TCG")
+    p.add_argument("--mem", default="auto",
+                   help="guest RAM, e.g. 64M; auto: what the image says it needs (at least 16M)")
+    p.add_argument("--dry-run", action="store_true", help="print the QEMU command line")
+    p.add_argument("--trace", action="store_true", help="print where the boot time goes")
+    p.add_argument("--append", help="more kernel command line (e.g. mb.tsc_khz=2200000)")
+    p.set_defaults(fn=cmd_boot)
     p = sub.add_parser("elements", help="the element catalogue")
     p.add_argument("name", nargs="?")
     p.set_defaults(fn=cmd_elements)

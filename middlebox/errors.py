@@ -36,7 +36,14 @@ class ConfigError(Exception):
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         if self.element is not None:
             where += f"element '{self.element}': "
-        return where + self.message
+        return where + _one_line(self.message)
+
+
+def _one_line(text):
+    # A user's own text (a class name spanning a YAML line break, a rule with
+    # a tab) is quoted back in messages; escape control characters so the
+    # error stays one line a script can parse.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class RunError(Exception):

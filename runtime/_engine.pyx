@@ -521,6 +521,9 @@ cdef class Engine:
         with nogil:
             t0 = now_ns()
             while not self.failed:
+                # Sources stamp packets with the engine clock and stateful
+                # elements age flows by it: one clock read per pass.
+                self.eng.now_ns = now_ns()
                 m = mb_engine_pull(self.eng)
                 if m == 0:
                     break
@@ -541,6 +544,16 @@ cdef class Engine:
         made_out[0] = made
         t0_out[0] = t0
         t1_out[0] = t1
+
+    # -- running on live interfaces (runtime/live.c) ---------------------------
+
+    def run_live(self, list ports, double duration=0.0, bint busy_poll=False,
+                 int poll_ms=0, bint signals=True):
+        """Receive from and send to LivePorts until SIGINT/SIGTERM, `duration`
+        seconds (0: no limit), live_stop() or a Python element's failure.
+        The loop runs in C without the GIL; handler requests are served
+        between passes. Returns the seconds it ran."""
+        return _run_live(self, ports, duration, busy_poll, poll_ms, signals)
 
     # -- counters --------------------------------------------------------------
 
@@ -565,3 +578,237 @@ cdef class Engine:
         return [{"name": self.eng.devs[i].name.decode(), "rx": self.eng.devs[i].rx,
                  "rx_dropped": self.eng.devs[i].rx_dropped, "tx": self.eng.devs[i].sent}
                 for i in range(self.eng.ndev)]
+
+
+# --- live interfaces (runtime/live.c, docs/live.md) ----------------------------
+
+cdef extern from "live.h":
+    enum: MB_LIVE_PACKET
+    enum: MB_LIVE_TAP
+    enum: MB_LIVE_RING_V3
+    enum: MB_LIVE_RING_V2
+    enum: MB_LIVE_MAX_PORTS
+
+    struct mb_live_counters:
+        uint64_t rx
+        uint64_t rx_bytes
+        uint64_t tx
+        uint64_t tx_bytes
+        uint64_t tx_errors
+        uint64_t tx_dropped
+        uint64_t oversize
+        uint64_t csum_fixed
+        uint64_t kernel_drops
+        uint64_t kernel_freezes
+
+    struct mb_live_port:
+        int kind
+        int fd
+        int fd2
+        int ifindex
+        uint32_t mtu
+        uint32_t dev
+        int rx
+        int tx
+        int created
+        int was_up
+        uint32_t fanout_id
+        int in_fanout
+        char ifname[16]
+        mb_live_counters c
+
+    struct mb_live_cfg:
+        int kind
+        const char *ifname
+        uint32_t dev
+        int rx
+        int tx
+        int ring_version
+        uint32_t ring_bytes
+        uint32_t retire_ms
+        int fanout
+        int fanout_join
+        uint32_t fanout_id
+
+    struct mb_live_hooks:
+        int *pending
+        void (*service)(void *arg) noexcept
+        int *failed
+        void *arg
+
+    struct mb_live_opts:
+        uint64_t duration_ns
+        int busy_poll
+        int poll_ms
+
+    int mb_live_open(mb_live_port *p, const mb_live_cfg *cfg, char *err, uint32_t errlen)
+    void mb_live_close(mb_live_port *p)
+    void mb_live_kernel_stats(mb_live_port *p)
+    int mb_live_run(mb_engine *eng, mb_live_port **ports, uint32_t nports,
+                    const mb_live_opts *o, const mb_live_hooks *h, char *err,
+                    uint32_t errlen) nogil
+    void mb_live_signals_install()
+    void mb_live_signals_restore()
+    void mb_live_stop()
+    int mb_live_stopping()
+
+
+cdef class LivePort:
+    """One graph device bound to a Linux interface (AF_PACKET ring) or a TAP.
+
+    LivePort(kind "packet"|"tap", ifname, dev index, rx, tx, ring "v3"|"v2",
+             ring_bytes=0, retire_ms=0, fanout=False, fanout_id=None)
+    fanout: join PACKET_FANOUT_HASH group fanout_id, or make a new one (None).
+    Raises EngineError with one line when the kernel refuses.
+    """
+
+    cdef mb_live_port p
+    cdef public str device
+    cdef int opened
+
+    def __cinit__(self, str kind, str ifname, uint32_t dev, bint rx, bint tx,
+                  str ring="v3", uint32_t ring_bytes=0, uint32_t retire_ms=0,
+                  bint fanout=False, fanout_id=None, str device=""):
+        cdef mb_live_cfg cfg
+        cdef char err[192]
+        cdef bytes name = ifname.encode()
+        self.opened = 0
+        self.device = device
+        if kind not in ("packet", "tap"):
+            raise ValueError(f"unknown port kind {kind!r}")
+        if ring not in ("v3", "v2"):
+            raise ValueError(f"unknown ring {ring!r} (v3 or v2)")
+        cfg.kind = MB_LIVE_TAP if kind == "tap" else MB_LIVE_PACKET
+        cfg.ifname = name
+        cfg.dev = dev
+        cfg.rx = rx
+        cfg.tx = tx
+        cfg.ring_version = MB_LIVE_RING_V2 if ring == "v2" else MB_LIVE_RING_V3
+        cfg.ring_bytes = ring_bytes
+        cfg.retire_ms = retire_ms
+        cfg.fanout = fanout
+        cfg.fanout_join = fanout_id is not None
+        cfg.fanout_id = fanout_id if fanout_id is not None else 0
+        err[0] = 0
+        if mb_live_open(&self.p, &cfg, err, sizeof(err)) != 0:
+            raise EngineError(err.decode(errors="replace"))
+        self.opened = 1
+
+    def __dealloc__(self):
+        if self.opened:
+            mb_live_close(&self.p)
+
+    def close(self):
+        """Unmap the ring and close the sockets (a TAP we made goes away)."""
+        if self.opened:
+            mb_live_close(&self.p)
+            self.opened = 0
+
+    @property
+    def kind(self):
+        return "tap" if self.p.kind == MB_LIVE_TAP else "packet"
+
+    @property
+    def ifname(self):
+        return self.p.ifname.decode()
+
+    @property
+    def dev(self):
+        return self.p.dev
+
+    @property
+    def fanout_id(self):
+        """The PACKET_FANOUT group joined, or None."""
+        return self.p.fanout_id if self.p.in_fanout else None
+
+    @property
+    def created(self):
+        return bool(self.p.created)
+
+    @property
+    def was_up(self):
+        return bool(self.p.was_up)
+
+    @property
+    def mtu(self):
+        return self.p.mtu
+
+    def counters(self):
+        """Port counters; reads (and folds in) the kernel's ring drops."""
+        if self.opened:
+            mb_live_kernel_stats(&self.p)
+        c = self.p.c
+        return {"rx": c.rx, "rx_bytes": c.rx_bytes, "tx": c.tx, "tx_bytes": c.tx_bytes,
+                "tx_errors": c.tx_errors, "tx_dropped": c.tx_dropped,
+                "oversize": c.oversize, "csum_fixed": c.csum_fixed,
+                "kernel_drops": c.kernel_drops, "kernel_freezes": c.kernel_freezes}
+
+
+def live_signals(bint install):
+    """Install (True) or restore (False) the SIGINT/SIGTERM handlers that
+    stop a live run; installs nest."""
+    if install:
+        mb_live_signals_install()
+    else:
+        mb_live_signals_restore()
+
+
+def live_stop():
+    """Ask a running live loop (any engine in this process) to stop."""
+    mb_live_stop()
+
+
+def live_stopping():
+    return bool(mb_live_stopping())
+
+
+cdef void live_service(void *arg) noexcept with gil:
+    (<Engine>arg)._service()
+
+
+def _run_live(Engine self, list ports, double duration=0.0, bint busy_poll=False,
+              int poll_ms=0, bint signals=True):
+    """Drive the engine from live ports until SIGINT/SIGTERM, `duration`
+    seconds, live_stop() or a Python element's failure. Returns seconds."""
+    cdef mb_live_port *arr[MB_LIVE_MAX_PORTS]
+    cdef mb_live_opts opts
+    cdef mb_live_hooks hooks
+    cdef char err[192]
+    cdef int rc = 0
+    cdef uint32_t n = len(ports), i
+    cdef LivePort lp
+    cdef uint64_t t0, t1
+    if n > MB_LIVE_MAX_PORTS:
+        raise EngineError(f"at most {MB_LIVE_MAX_PORTS} live devices")
+    for i in range(n):
+        lp = ports[i]
+        if not lp.opened:
+            raise EngineError(f"{lp.ifname}: port is closed")
+        if lp.p.dev >= self.eng.ndev:
+            raise EngineError(f"{lp.ifname}: no device {lp.p.dev} in the graph")
+        arr[i] = &lp.p
+    opts.duration_ns = <uint64_t>(duration * 1e9) if duration > 0 else 0
+    opts.busy_poll = busy_poll
+    opts.poll_ms = poll_ms
+    hooks.pending = &self.pending
+    hooks.failed = &self.failed
+    hooks.service = live_service
+    hooks.arg = <void *>self
+    err[0] = 0
+    self._start()
+    if signals:
+        mb_live_signals_install()
+    try:
+        with nogil:
+            t0 = now_ns()
+            rc = mb_live_run(self.eng, arr, n, &opts, &hooks, err, sizeof(err))
+            t1 = now_ns()
+    finally:
+        if signals:
+            mb_live_signals_restore()
+        self._stop()
+    self._check_failure()
+    if rc != 0:
+        raise EngineError(err.decode(errors="replace"))
+    return (t1 - t0) / 1e9
+

@@ -172,13 +172,42 @@ class Engine:
             raise RunError(str(err)) from None
 
     def device_stats(self):
-        """{device: {rx, rx_dropped, tx, oversize}}."""
+        """{device: {rx, rx_dropped, tx, oversize}}; a device bound to a live
+        interface (run_live) adds its port's counters: rx/tx count frames
+        the kernel handed over / accepted, plus tx_errors, tx_dropped,
+        kernel_drops (ring overruns), csum_fixed, interface."""
         out = {}
         for s in self.c.device_stats():
             name = s.pop("name")
             s["oversize"] = self.oversize.get(name, 0)
             out[name] = s
+        for port in getattr(self, "live_ports", ()):
+            name = self.plan.devices[port.dev]
+            c = port.counters()
+            row = out[name]
+            row.update(interface=("tap:" if port.kind == "tap" else "") + port.ifname,
+                       rx=c["rx"], tx=c["tx"], oversize=row["oversize"] + c["oversize"],
+                       **{k: c[k] for k in ("rx_bytes", "tx_bytes", "tx_errors", "tx_dropped",
+                                            "kernel_drops", "kernel_freezes", "csum_fixed")})
         return out
+
+    # -- live interfaces (runtime/live.c; middlebox/runtime/live.py opens ports) --
+
+    def run_live(self, ports, duration=0, busy_poll=False, poll_ms=0, signals=True):
+        """Run on open LivePorts until SIGINT/SIGTERM, `duration` seconds
+        (0: no limit) or live_stop(); returns the seconds it ran. Handlers
+        (read/write) work meanwhile, between passes."""
+        self.live_ports = list(ports)
+        try:
+            return self.c.run_live(self.live_ports, float(duration or 0), bool(busy_poll),
+                                   int(poll_ms), bool(signals))
+        except EngineError as e:
+            raise RunError(str(e)) from None
+
+
+def _keyed(stamps, which, start):
+    """(timestamp, input, global index) for each record of one input."""
+    return ((int(t), which, start + k) for k, t in enumerate(stamps))
 
 
 def _merge(stamps):
@@ -191,7 +220,6 @@ def _merge(stamps):
         return np.argsort(allts, kind="stable")
     # Some input is out of timestamp order: merge heads, never reorder within one.
     starts = np.cumsum([0] + [len(t) for t in stamps[:-1]])
-    streams = [((int(t), i, int(s) + k) for k, t in enumerate(ts))
-               for i, (ts, s) in enumerate(zip(stamps, starts))]
+    streams = [_keyed(ts, i, int(s)) for i, (ts, s) in enumerate(zip(stamps, starts))]
     return np.fromiter((k for _, _, k in heapq.merge(*streams)), dtype=np.int64,
                        count=len(allts))

@@ -280,6 +280,21 @@ def test_run_merges_inputs_by_timestamp(tmp_path):
     assert len(rdpcap(str(q))) == 0
 
 
+def test_run_merges_inputs_that_are_out_of_order_themselves(tmp_path):
+    # A capture's own order is kept even where its timestamps step back;
+    # the merge then takes whichever input's head is earlier.
+    g = write(tmp_path / "merge.yaml", MERGE)
+    a = tagged("a", [10.0, 8.0, 11.0])
+    b = tagged("b", [9.0, 10.5, 7.0, 12.0])
+    wrpcap(str(tmp_path / "a.pcap"), a)
+    wrpcap(str(tmp_path / "b.pcap"), b)
+    r = mb("run", g, "--in", "a=a.pcap", "--in", "b=b.pcap", "--out", "out=o.pcap",
+           "--out", "quiet=q.pcap", "--stats", "none", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = [Ether(f)[Raw].load.decode() for f in frames(tmp_path / "o.pcap")]
+    assert got == ["b0", "a0", "a1", "b1", "b2", "a2", "b3"]
+
+
 def test_run_with_limited_source(tmp_path):
     g = write(tmp_path / "src.yaml", "elements:\n  src: {class: InfiniteSource, limit: 5}\n"
               "  wan: {class: ToDevice, device: wan}\nconnections:\n  - src -> wan\n")

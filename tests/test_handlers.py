@@ -48,13 +48,15 @@ def test_write_while_running_loses_no_packet(slow_graph):
             time.sleep(0.01)
         before = int(eng.read("cnt.count"))
         eng.write("cnt.reset")
-        after = int(eng.read("cnt.count"))
     finally:
         t.join()
     s = eng.stats()["cnt"]
     assert 0 < before < 400_000
-    assert after < before                     # the reset took effect mid-run
-    assert s["in"] == s["out"] == 400_000     # ... and no packet was lost
+    assert s["in"] == s["out"] == 400_000     # no packet was lost
+    # The reset landed mid-run: the packets counted before it are gone from
+    # the final count, and some were counted after it.  (Reading the count
+    # right after the write is no test: the run thread may pass many batches
+    # before the reader gets the GIL back.)
     assert 0 < s["count"] <= 400_000 - before
     assert eng.stats()["drop"]["dropped"] == 400_000
 

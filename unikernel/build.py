@@ -14,6 +14,7 @@ new graph recompiles only its generated files.
 import concurrent.futures
 import glob
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -28,25 +29,35 @@ ROOT_ELEMENTS = HERE.parent / "elements"
 # Guest runtime sources, in link order (boot.S first: the entry point).
 GUEST_SOURCES = ["boot.S", "main.c", "platform.c", "console.c", "clock.c", "virtio_mmio.c",
                  "virtio_net.c", "libc.c"]
+# No SSE anywhere (-mgeneral-regs-only): under TCG vector code is slow to
+# translate and to run (and the boot path is mostly translation), and a
+# software KVM such as kvm_pvm emulates instructions, which it cannot do for
+# most SSE ones. The small code model: the image is linked at 1 MiB.
 CFLAGS = ["-std=gnu11", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie", "-mno-red-zone",
+          "-mgeneral-regs-only",
           "-mcmodel=small", "-fno-stack-protector", "-fno-asynchronous-unwind-tables",
           "-fcf-protection=none", "-fno-strict-aliasing", "-ffunction-sections",
           "-fdata-sections", "-Wall", "-Wextra"]
 # libc.c must not have its loops turned back into calls to memcpy/memset.
 LIBC_FLAGS = ["-fno-builtin", "-fno-tree-loop-distribute-patterns"]
+# RAM one NIC takes (virtio_net.c: 256-entry receive and transmit rings of
+# three pages each, 256 receive buffers of 2048 bytes, 256 transmit buffers
+# of 12 + 2048 bytes rounded to 64, the free list, alignment).
+NIC_BYTES = 2 * 3 * 4096 + 256 * 2048 + 256 * 2112 + 256 * 2 + 256 + 4 * 64
 LDFLAGS = ["-nostdlib", "-static", "-z", "max-page-size=4096", "-z", "noexecstack",
-           "--gc-sections", "--build-id=none", "--no-warn-rwx-segments"]
+           "--gc-sections", "--build-id=none"]
 
 
 class Built:
     """Result of a build: where the image is and what is in it."""
 
-    def __init__(self, path, plan, kernels, cached, full):
+    def __init__(self, path, plan, kernels, cached, full, memory):
         self.path = path            # the image (stripped)
         self.full = full            # the same image with symbols, for debugging
         self.plan = plan            # middlebox.plan.Plan
         self.kernels = kernels      # kernel names linked in
         self.cached = cached
+        self.memory = memory        # {"min_mib": guest RAM to boot with, ...}
         self.size = os.path.getsize(path)
 
 
@@ -132,9 +143,10 @@ def _gcc_version(gcc):
     return r.stdout.strip()
 
 
-def _compile(gcc, src, text, flags, objdir):
-    """Compile src (whose content is text) to a cached object; return its path."""
-    key = _hash(src.name, text, flags)
+def _compile(gcc, src, text, flags, objdir, headers):
+    """Compile src (whose content is text, including `headers`, the text of
+    every header it may use) to a cached object; return its path."""
+    key = _hash(src.name, text, flags, headers)
     obj = objdir / f"{src.stem}-{key[:20]}.o"
     if obj.exists():
         return obj
@@ -147,6 +159,30 @@ def _compile(gcc, src, text, flags, objdir):
         raise RunError(f"compiling {src.name} failed: {msg[0] if msg else r.returncode}")
     os.replace(tmp, obj)
     return obj
+
+
+def _memory(gcc, gendir, kernels, image, ndev):
+    """Guest RAM the image needs: run sizer.c (built for this host with the
+    same engine, kernels and plan) for the engine arena, add the image and
+    each NIC's rings and buffers. A dict stored in the image's .mbmem."""
+    exe = gendir / "sizer"
+    srcs = [HERE / "sizer.c", ROOT_RUNTIME / "engine.c", gendir / "kernel_table.c",
+            gendir / "plan.c", *sorted({pathlib.Path(f) for f in kernels.values()})]
+    r = subprocess.run([gcc, "-std=gnu11", "-O0", "-w", "-I", str(ROOT_RUNTIME), "-I", str(HERE),
+                        *map(str, srcs), "-o", str(exe)], capture_output=True, text=True)
+    if r.returncode:
+        lines = r.stderr.strip().splitlines()
+        raise RunError(f"building the memory sizer failed: {lines[-1] if lines else r.returncode}")
+    r = subprocess.run([str(exe)], capture_output=True, text=True)
+    if r.returncode:
+        raise RunError(f"the guest engine refuses this plan: {r.stderr.strip()}")
+    from middlebox.unikernel import elf
+    engine = int(r.stdout)
+    end = max(s["paddr"] + s["memsz"] for s in elf.read(image).segments if s["type"] == elf.PT_LOAD)
+    need = end + engine + ndev * NIC_BYTES
+    mib = max(16, -(-(need + need // 8 + (1 << 20)) // (1 << 20)))   # 1/8 and 1 MiB to spare
+    return {"engine_bytes": engine, "nic_bytes": NIC_BYTES, "image_end": end,
+            "needed_bytes": need, "min_mib": mib}
 
 
 def build(graph, output=None, cache=None):
@@ -175,7 +211,8 @@ def build(graph, output=None, cache=None):
                  "kernel_table.c": kernel_table.table_source(kernels).encode()}
     script = (HERE / "guest.ld").read_bytes()
     version = _gcc_version(gcc)
-    key = _hash(version, CFLAGS, LIBC_FLAGS, LDFLAGS, header_text, script,
+    sizer = (HERE / "sizer.c").read_bytes()
+    key = _hash(version, CFLAGS, LIBC_FLAGS, LDFLAGS, header_text, script, sizer,
                 *[texts[s] for s in sources], *generated.values())
     outdir = cache / "images" / key[:24]
     image = outdir / "guest.elf"
@@ -193,8 +230,7 @@ def build(graph, output=None, cache=None):
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             for s in sources:
                 flags = CFLAGS + (LIBC_FLAGS if s.name == "libc.c" else [])
-                flags = flags + [f"-DMB_HEADERS={_hash(header_text)[:8]}"]
-                jobs.append(pool.submit(_compile, gcc, s, texts[s], flags, objdir))
+                jobs.append(pool.submit(_compile, gcc, s, texts[s], flags, objdir, header_text))
             objs = [j.result() for j in jobs]
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
         cmd = [ld, *LDFLAGS, "-T", str(HERE / "guest.ld"), "-o", str(tmp), *map(str, objs)]
@@ -202,11 +238,14 @@ def build(graph, output=None, cache=None):
         if r.returncode:
             lines = r.stderr.strip().splitlines()
             raise RunError(f"linking the guest failed: {lines[-1] if lines else r.returncode}")
+        info = outdir / "mbmem.json"
+        info.write_text(json.dumps(_memory(gcc, gendir, kernels, tmp, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"
-        r = subprocess.run([_tool("objcopy"), "--strip-all", str(tmp), str(stripped)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise RunError(f"objcopy failed: {r.stderr.strip()}")
+        for args in (["--add-section", f".mbmem={info}", str(tmp)],
+                     ["--strip-all", str(tmp), str(stripped)]):
+            r = subprocess.run([_tool("objcopy"), *args], capture_output=True, text=True)
+            if r.returncode:
+                raise RunError(f"objcopy failed: {r.stderr.strip()}")
         os.replace(tmp, full)
         os.replace(stripped, image)
     if output:
@@ -218,4 +257,5 @@ def build(graph, output=None, cache=None):
         except OSError as e:
             raise RunError(f"cannot write {output}: {e.strerror}") from None
         image = out
-    return Built(str(image), p, sorted(kernels), cached, str(full))
+    memory = json.loads((outdir / "mbmem.json").read_text())
+    return Built(str(image), p, sorted(kernels), cached, str(full), memory)

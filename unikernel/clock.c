@@ -18,7 +18,13 @@
 
 static uint64_t tsc_khz;
 static uint64_t scale;      /* ns per cycle, 32.32 fixed point */
+static uint64_t base_tsc;   /* clock_ns() = base_ns + scale * (tsc - base_tsc) */
+static uint64_t base_ns;
 static const char *source = "guess";
+static uintptr_t apic;      /* local APIC, while its timer refines the rate */
+static uint32_t cal_c0;
+static uint64_t cal_t0;
+static int refining;
 
 static inline uint64_t rdmsr(uint32_t msr)
 {
@@ -89,32 +95,70 @@ static uint64_t from_kvmclock(uint32_t hv_max)
     return (1000000ull << (32 - shift)) / mul;
 }
 
-/* Count TSC cycles while the local APIC timer runs for CLOCK_CAL_NS. */
+/*
+ * Count TSC cycles while the local APIC timer counts CLOCK_CAL_NS ticks.
+ * Each sample reads the APIC and then the TSC back to back, and the first
+ * sample is thrown away (under TCG it pays for translating the loop), so
+ * both clocks are read at matching moments. The timer keeps running for
+ * clock_refine().
+ */
 static uint64_t from_lapic(void)
 {
-    uint64_t base = rdmsr(MSR_APIC_BASE);
-    uintptr_t apic;
-    uint32_t c0, c1;
-    uint64_t t0, t1, spins = 0;
+    uint64_t base = rdmsr(MSR_APIC_BASE), t = 0, t0 = 0;
+    uint32_t c = 0, c0 = 0, i;
     if (!(base & (1u << 11)))
         return 0;           /* APIC disabled */
     apic = (uintptr_t)(base & 0xfffff000u);
     mmio_write32(apic + APIC_TIMER_DIV, 0xb);           /* divide by 1 */
     mmio_write32(apic + APIC_LVT_TIMER, 1u << 16);      /* masked, one-shot */
     mmio_write32(apic + APIC_TIMER_INIT, 0xffffffffu);
-    c0 = mmio_read32(apic + APIC_TIMER_CUR);
-    t0 = rdtsc();
-    do {
-        c1 = mmio_read32(apic + APIC_TIMER_CUR);
-        if (++spins > 100000000ull)
+    for (i = 0; i < 10000000; i++) {
+        c = mmio_read32(apic + APIC_TIMER_CUR);
+        t = rdtsc();
+        if (i == 1) {
+            c0 = c;
+            t0 = t;
+        } else if (i > 1 && (c0 - c >= CLOCK_CAL_NS || c == 0 || c > c0)) {
             break;
-    } while (c0 - c1 < CLOCK_CAL_NS && c1 != 0);
-    t1 = rdtsc();
-    mmio_write32(apic + APIC_TIMER_INIT, 0);            /* stop it */
-    if (c0 == c1 || c1 > c0)
+        }
+    }
+    if (c >= c0 || t <= t0) {
+        mmio_write32(apic + APIC_TIMER_INIT, 0);
         return 0;
+    }
+    cal_c0 = c0;
+    cal_t0 = t0;
+    refining = 1;
     /* cycles per APIC tick times the APIC rate, in kHz */
-    return (t1 - t0) * (APIC_BUS_HZ / 1000) / (c0 - c1);
+    return (t - t0) * (APIC_BUS_HZ / 1000) / (c0 - c);
+}
+
+static void set_rate(uint64_t khz)
+{
+    tsc_khz = khz;
+    scale = ((1000000ull << 32) + khz / 2) / khz;
+}
+
+void clock_refine(void)
+{
+    uint64_t t, khz;
+    uint32_t c;
+    if (!refining || clock_tsc_to_ns(rdtsc() - cal_t0) < CLOCK_REFINE_NS)
+        return;
+    refining = 0;
+    c = mmio_read32(apic + APIC_TIMER_CUR);
+    t = rdtsc();
+    mmio_write32(apic + APIC_TIMER_INIT, 0);            /* stop it */
+    if (c == 0 || c >= cal_c0)
+        return;     /* ran out, or went backwards: keep the first figure */
+    khz = (t - cal_t0) * (APIC_BUS_HZ / 1000) / (cal_c0 - c);
+    if (!khz)
+        return;
+    /* Continue from the current time at the new rate: no jump. */
+    base_ns = clock_ns();
+    base_tsc = rdtsc();
+    set_rate(khz);
+    source = "lapic-refined";
 }
 
 void clock_init(void)
@@ -151,8 +195,9 @@ void clock_init(void)
     }
     if (!khz)
         khz = 1000000;
-    tsc_khz = khz;
-    scale = (uint64_t)(((unsigned __int128)1000000ull << 32) / khz);
+    base_tsc = boot_tsc;
+    base_ns = 0;
+    set_rate(khz);
 }
 
 uint64_t clock_tsc_to_ns(uint64_t cycles)
@@ -162,7 +207,7 @@ uint64_t clock_tsc_to_ns(uint64_t cycles)
 
 uint64_t clock_ns(void)
 {
-    return clock_tsc_to_ns(rdtsc() - boot_tsc);
+    return base_ns + clock_tsc_to_ns(rdtsc() - base_tsc);
 }
 
 uint64_t clock_tsc_khz(void)

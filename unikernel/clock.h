@@ -7,7 +7,9 @@
  *   cpuid-4010 hypervisor timing leaf 0x40000010 (TSC kHz)
  *   cpuid-15   CPUID 0x15: TSC/crystal ratio times the crystal clock
  *   lapic      the local APIC timer, which QEMU and KVM both run at 1 GHz,
- *              counted against the TSC for CLOCK_CAL_NS nanoseconds
+ *              counted against the TSC for CLOCK_CAL_NS nanoseconds at
+ *              boot, then again over CLOCK_REFINE_NS by clock_refine()
+ *              (the source becomes "lapic-refined")
  *   cpuid-16   CPUID 0x16 base frequency (MHz), a nominal figure
  * With none of them, 1 GHz is assumed and the source says "guess".
  */
@@ -16,9 +18,14 @@
 
 #include <stdint.h>
 
-#define CLOCK_CAL_NS 100000     /* LAPIC calibration window */
+#define CLOCK_CAL_NS 20000          /* LAPIC calibration window at boot */
+#define CLOCK_REFINE_NS 100000000   /* and the longer one after it */
 
 void clock_init(void);
+/* Call now and then from the main loop: once CLOCK_REFINE_NS have passed
+ * since a LAPIC calibration, measure the rate again over that whole time
+ * (one APIC read) and continue at it without a jump. Cheap otherwise. */
+void clock_refine(void);
 /* Nanoseconds since the guest's first instruction. */
 uint64_t clock_ns(void);
 /* Convert a TSC difference to nanoseconds. */

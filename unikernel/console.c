@@ -1,7 +1,11 @@
 /*
- * console.c - COM1 16550 UART. Output waits for the transmit holding
- * register to empty, then writes up to 16 bytes (the FIFO depth), so a
- * line costs few port accesses: each one is a VM exit under KVM.
+ * console.c - COM1 16550 UART with its 16-byte FIFOs on, so that long
+ * handler messages typed by the host arrive 16 bytes per VM exit. Turning
+ * the FIFOs on clears them: a byte that came before (input piped in while
+ * the guest booted waits in the receive register) is taken out first and
+ * handed out by con_getc(). Output waits for the transmit holding register
+ * to empty before each byte, with a bound so a stuck UART cannot hang the
+ * guest; input is polled.
  */
 #include "console.h"
 #include "libc.h"
@@ -14,40 +18,42 @@
 #define REG_LCR 3
 #define REG_LSR 5
 #define LSR_DR 0x01     /* a received byte is waiting */
-#define LSR_THRE 0x20   /* transmit FIFO empty */
-#define FIFO_DEPTH 16
+#define LSR_THRE 0x20   /* transmit holding register empty */
 #define SPIN_LIMIT 1000000
 
 static int present;
-static int cr_sent;      /* the CR of a pending LF is out */
+static int early = -1;  /* a byte received before the FIFOs were on */
 
 void con_init(void)
 {
+    uint8_t lsr;
     outb(COM1 + REG_IER, 0x00);     /* no interrupts: the guest polls */
     outb(COM1 + REG_LCR, 0x03);     /* 8 bits, no parity, one stop bit */
-    outb(COM1 + REG_FCR, 0x07);     /* enable and clear the FIFOs */
+    lsr = inb(COM1 + REG_LSR);
     /* No UART answers 0xff on every port. */
-    present = inb(COM1 + REG_LSR) != 0xff;
+    present = lsr != 0xff;
+    if (present && (lsr & LSR_DR))
+        early = inb(COM1 + REG_DATA);
+    /* FIFOs on (and cleared), receive trigger level 14: QEMU hands over
+     * as many bytes at once as the trigger level allows. */
+    outb(COM1 + REG_FCR, 0xc7);
+}
+
+static void put(char c)
+{
+    uint32_t spins = 0;
+    while (!(inb(COM1 + REG_LSR) & LSR_THRE))
+        if (++spins == SPIN_LIMIT)
+            return;             /* stuck: lose a byte rather than hang */
+    outb(COM1 + REG_DATA, (uint8_t)c);
 }
 
 void con_write(const char *s, uint32_t n)
 {
-    while (n && present) {
-        uint32_t k, spins = 0;
-        while (!(inb(COM1 + REG_LSR) & LSR_THRE))
-            if (++spins == SPIN_LIMIT)
-                return;         /* a stuck UART must not hang the guest */
-        for (k = 0; k < FIFO_DEPTH && n; k++) {
-            /* A terminal wants CR LF: send the CR first, then the LF. */
-            if (*s == '\n' && !cr_sent) {
-                outb(COM1 + REG_DATA, '\r');
-                cr_sent = 1;
-                continue;
-            }
-            cr_sent = 0;
-            outb(COM1 + REG_DATA, (uint8_t)*s++);
-            n--;
-        }
+    for (; n && present; n--, s++) {
+        if (*s == '\n')
+            put('\r');         /* a terminal wants CR LF */
+        put(*s);
     }
 }
 
@@ -58,6 +64,11 @@ void con_puts(const char *s)
 
 int con_getc(void)
 {
+    if (early >= 0) {
+        int c = early;
+        early = -1;
+        return c;
+    }
     if (!present || !(inb(COM1 + REG_LSR) & LSR_DR))
         return -1;
     return inb(COM1 + REG_DATA);

@@ -7,6 +7,11 @@
 
 #include "mb.h"
 
+/* Engine packet buffers in the guest: a full Ethernet frame (1514 bytes)
+ * and more fit after the headroom. sizer.c uses the same figures. */
+#define GUEST_PKT_BUF 2048
+#define GUEST_PKT_HEADROOM 128
+
 /* The compiled plan, in its own section (.mbplan) so tools can read it back. */
 extern const uint8_t mb_plan[];
 extern const uint32_t mb_plan_len;

@@ -8,7 +8,8 @@
  *   mb_engine_pull (sources) -> mb_engine_run
  *   per device: mb_engine_tx -> transmit ring (notify only if asked) -> free
  *
- * The serial console takes commands: stats, quit, help.
+ * The serial console takes commands: stats, info, quit, help, and element
+ * handler messages (control, query) from the host.
  */
 #include "clock.h"
 #include "console.h"
@@ -19,8 +20,8 @@
 #include "virtio_net.h"
 
 #define MAX_NICS 16
-#define PKT_BUF 2048            /* packet buffer, headroom included */
-#define PKT_HEADROOM 128
+#define PKT_BUF GUEST_PKT_BUF   /* packet buffer, headroom included */
+#define PKT_HEADROOM GUEST_PKT_HEADROOM
 #define CONSOLE_POLL_NS 1000000 /* look at the serial input once a ms */
 
 static struct vmmio transports[MAX_NICS];
@@ -29,8 +30,54 @@ static struct vnet *bound[MAX_NICS];    /* per logical device, or 0 */
 static uint64_t unbound_dropped[MAX_NICS];
 static struct mb_engine *eng;
 static uint64_t ready_ns;
+static uint64_t engine_bytes;
+
+static void print_info(void);
 static char line[128];
 static uint32_t line_len;
+
+/* Handler messages typed on the console ("control INDEX HEX..."), decoded
+ * as they arrive; also the buffer query answers are written to. Not in
+ * .bss: clearing it would cost boot time, and it is written before use. */
+#define MSG_MAX (256u << 10)
+static uint8_t msg[MSG_MAX] __attribute__((section(".noinit"), aligned(64)));
+static uint32_t msg_len;
+static int hex_mode;            /* the rest of the line is the message in hex */
+static int hex_half;            /* a first hex digit is waiting for its pair */
+static int msg_bad;             /* not hex, or too long */
+static uint8_t hex_acc;
+
+/* Boot phases, printed after the ready line when the command line has
+ * mb.trace (where the boot time goes). */
+#define MAX_MARKS 16
+static const char *mark_name[MAX_MARKS];
+static uint64_t mark_tsc[MAX_MARKS];
+static uint32_t nmarks;
+static const char *const nic_mark[8] = {"nic0", "nic1", "nic2", "nic3", "nic4", "nic5",
+                                        "nic6", "nic7"};
+
+static void mark(const char *what)
+{
+    if (nmarks < MAX_MARKS) {
+        mark_tsc[nmarks] = rdtsc();
+        mark_name[nmarks++] = what;
+    }
+}
+
+static void print_marks(void)
+{
+    char buf[4];
+    uint64_t prev = boot_tsc;
+    uint32_t i;
+    if (cmdline_get("mb.trace", 0, buf, sizeof(buf)) < 0)
+        return;
+    con_puts("middlebox: boot trace (us):");
+    for (i = 0; i < nmarks; i++) {
+        con_printf(" %s %lu", mark_name[i], clock_tsc_to_ns(mark_tsc[i] - prev) / 1000);
+        prev = mark_tsc[i];
+    }
+    con_puts("\n");
+}
 
 /* --- counters --------------------------------------------------------------- */
 
@@ -127,6 +174,63 @@ static void print_stats(void)
 
 /* --- console commands ----------------------------------------------------------- */
 
+/* Parse "N" or "N M" unsigned decimals from s. */
+static int parse_uints(const char *s, uint64_t *a, uint64_t *b)
+{
+    if (uk_parse_u64(&s, a))
+        return -1;
+    if (!b)
+        return *s ? -1 : 0;
+    if (*s++ != ' ' || uk_parse_u64(&s, b) || *s)
+        return -1;
+    return 0;
+}
+
+static void print_hex(const uint8_t *b, uint32_t n)
+{
+    char buf[256];
+    uint32_t i, k = 0;
+    for (i = 0; i < n; i++) {
+        buf[k++] = "0123456789abcdef"[b[i] >> 4];
+        buf[k++] = "0123456789abcdef"[b[i] & 15];
+        if (k == sizeof(buf)) {
+            con_write(buf, k);
+            k = 0;
+        }
+    }
+    con_write(buf, k);
+}
+
+/*
+ * Handlers, for the host (qemu.Guest.read/write turn element handlers into
+ * these, as the host engine does): between two passes of the engine,
+ *   control INDEX HEX   the kernel of element INDEX applies the message
+ *   query INDEX WHAT    the kernel of element INDEX answers query WHAT
+ */
+static void handler_command(const char *cmd)
+{
+    uint64_t index, what;
+    if (uk_startswith(cmd, "control ")) {
+        const char *p = cmd + 8;
+        if (uk_parse_u64(&p, &index) || index >= eng->nelem) {
+            con_puts("control: error: no such element\n");
+        } else if (msg_bad || hex_half) {
+            con_printf("control: error: the message must be hex, at most %u bytes\n", MSG_MAX);
+        } else if (mb_engine_control(eng, (uint32_t)index, msg, msg_len) != 0) {
+            con_printf("control: error: %s\n", eng->err);
+        } else {
+            con_puts("control: ok\n");
+        }
+    } else if (parse_uints(cmd + 6, &index, &what) || index >= eng->nelem || what > 0xffffffffu) {
+        con_puts("query: error: expected query INDEX WHAT\n");
+    } else {
+        uint32_t n = mb_engine_query(eng, (uint32_t)index, (uint32_t)what, msg, MSG_MAX);
+        con_puts("query: ");
+        print_hex(msg, n < MSG_MAX ? n : MSG_MAX);
+        con_puts("\n");
+    }
+}
+
 static void command(const char *cmd)
 {
     while (*cmd == ' ')
@@ -139,25 +243,80 @@ static void command(const char *cmd)
         print_stats();
         con_printf("middlebox: halted after %lu ms\n", (clock_ns() - ready_ns) / 1000000);
         platform_exit(0);
+    } else if (uk_streq(cmd, "info")) {
+        print_info();
+    } else if (uk_startswith(cmd, "control ") || uk_startswith(cmd, "query ")) {
+        handler_command(cmd);
     } else if (uk_streq(cmd, "help")) {
-        con_puts("commands: stats (counters of every element and device), "
-                 "quit (print counters, power off), help\n");
+        con_puts("commands: stats (counters of every element and device), info (NICs, "
+                 "memory, clock), quit (print counters and power off), control INDEX HEX, "
+                 "query INDEX WHAT (element handlers), help\n");
     } else {
         con_printf("unknown command '%s' (try help)\n", cmd);
     }
 }
 
-static void poll_console(void)
+static int hex_digit(int c)
 {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* After "control N " the line is a message in hex: decode as it comes. */
+static void hex_char(int c)
+{
+    int d = hex_digit(c);
+    if (d < 0) {
+        msg_bad |= c != ' ';
+        return;
+    }
+    if (!hex_half) {
+        hex_acc = (uint8_t)(d << 4);
+        hex_half = 1;
+        return;
+    }
+    hex_half = 0;
+    if (msg_len < MSG_MAX)
+        msg[msg_len++] = (uint8_t)(hex_acc | d);
+    else
+        msg_bad = 1;
+}
+
+/* Is the line so far "control DIGITS "? Then the message follows. */
+static int starts_message(void)
+{
+    uint32_t i = 8;
+    if (line_len < 10 || line[line_len - 1] != ' ' || !uk_startswith(line, "control "))
+        return 0;
+    for (; i < line_len - 1; i++)
+        if (line[i] < '0' || line[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* Take what the console has; returns how many bytes came. */
+static uint32_t poll_console(void)
+{
+    uint32_t got = 0;
     int c;
     while ((c = con_getc()) >= 0) {
+        got++;
         if (c == '\r' || c == '\n') {
             if (!line_len && c == '\n')
                 continue;           /* the LF of a CR LF */
             con_puts("\n");
             line[line_len] = 0;
-            line_len = 0;
             command(line);
+            line_len = 0;
+            msg_len = 0;
+            hex_mode = hex_half = msg_bad = 0;
+        } else if (hex_mode) {
+            hex_char(c);
         } else if (c == 0x7f || c == 0x08) {
             if (line_len) {
                 line_len--;
@@ -167,8 +326,10 @@ static void poll_console(void)
             char ch = (char)c;
             line[line_len++] = ch;
             con_write(&ch, 1);      /* echo */
+            hex_mode = starts_message();
         }
     }
+    return got;
 }
 
 /* --- set-up and the loop ------------------------------------------------------------ */
@@ -178,64 +339,76 @@ static void print_mac(const uint8_t *m)
     con_printf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
 }
 
+/* The `info` command: devices, memory, clock. */
+static void print_info(void)
+{
+    uint32_t i;
+    for (i = 0; i < eng->ndev; i++) {
+        const struct vnet *n = bound[i];
+        con_printf("device %s: ", eng->devs[i].name);
+        if (!n) {
+            con_puts("no NIC\n");
+            continue;
+        }
+        con_printf("virtio-net at %lx (%s, %u-byte header, %u/%u descriptors), mac ",
+                   (uint64_t)n->t->base, n->t->version == 2 ? "virtio 1.x" : "legacy",
+                   n->hdr_len, n->rxq.size, n->txq.size);
+        if (n->has_mac)
+            print_mac(n->mac);
+        else
+            con_puts("none");
+        con_puts("\n");
+    }
+    con_printf("memory: %lu KiB used of %lu KiB (engine %lu KiB: %u packets of %u bytes)\n",
+               platform_used() >> 10, platform_ram() >> 10, engine_bytes >> 10, eng->npkts,
+               PKT_BUF);
+    con_printf("clock: TSC %lu kHz (%s); up %lu ms; ready in %lu us\n", clock_tsc_khz(),
+               clock_source(), (clock_ns() - ready_ns) / 1000000, ready_ns / 1000);
+}
+
 static uint32_t setup(void)
 {
     char err[MB_ERRLEN];
     struct mb_engine_opts opts;
     uint32_t ntrans, nnet = 0, i;
-    uint64_t size;
     void *arena;
 
     opts.npkts = 0;             /* what the plan asks for, plus slack */
     opts.bufsize = PKT_BUF;
     opts.headroom = PKT_HEADROOM;
     err[0] = 0;
-    size = mb_engine_size(mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels, err,
-                          sizeof(err));
-    if (!size)
+    engine_bytes = mb_engine_size(mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels, err,
+                                  sizeof(err));
+    if (!engine_bytes)
         panic(err);
-    { uint64_t a = clock_ns(); mb_engine_size(mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels, err, sizeof(err));
-      con_printf("dbg: second size %lu ns\n", clock_ns() - a); }
-    arena = platform_alloc(size, 64);
+    arena = platform_alloc(engine_bytes, 64);
     if (!arena)
         panic("not enough memory for the engine (give the VM more with --mem)");
-    con_printf("dbg: size %lu us\n", clock_ns()/1000);
-    eng = mb_engine_init(arena, size, mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels,
-                         err, sizeof(err));
+    mark("engine-size");
+    eng = mb_engine_init(arena, engine_bytes, mb_plan, mb_plan_len, &opts, mb_kernels,
+                         mb_nkernels, err, sizeof(err));
     if (!eng)
         panic(err);
+    mark("engine-init");
 
-    con_printf("dbg: init %lu us\n", clock_ns()/1000);
     ntrans = vmmio_discover(transports, MAX_NICS);
-    con_printf("dbg: discover %lu us\n", clock_ns()/1000);
+    mark("discover");
     for (i = 0; i < ntrans && nnet < eng->ndev && nnet < MAX_NICS; i++) {
         const char *why = "";
-        struct vnet *n = &nics[nnet];
         if (transports[i].device_id != VIRTIO_ID_NET)
             continue;
-        if (vnet_init(n, &transports[i], PKT_BUF, &why) != 0) {
-            con_printf("middlebox: NIC at %lx: %s\n", (uint64_t)transports[i].base, why);
-            panic("cannot bring a NIC up");
+        if (vnet_init(&nics[nnet], &transports[i], PKT_BUF, &why) != 0) {
+            con_printf("middlebox: error: NIC at %lx: %s\n", (uint64_t)transports[i].base, why);
+            platform_exit(1);
         }
-        bound[nnet] = n;
-        con_printf("dbg: vnet %lu us\n", clock_ns()/1000);
-        con_printf("middlebox: device %s: virtio-net at %lx (%s)", eng->devs[nnet].name,
-                   (uint64_t)transports[i].base, transports[i].version == 2 ? "virtio 1.x" : "legacy");
-        if (n->has_mac) {
-            con_puts(", mac ");
-            print_mac(n->mac);
-        }
-        con_puts("\n");
+        bound[nnet] = &nics[nnet];
+        mark(nic_mark[nnet & 7]);
         nnet++;
     }
     for (i = nnet; i < eng->ndev; i++)
         con_printf("middlebox: warning: device %s has no NIC; packets sent there are dropped\n",
                    eng->devs[i].name);
     platform_seal();
-    con_printf("middlebox: memory %lu KiB used of %lu KiB; engine %lu KiB, %u packets of %u "
-               "bytes; clock %lu kHz (%s)\n",
-               platform_used() >> 10, platform_ram() >> 10, size >> 10, eng->npkts, PKT_BUF,
-               clock_tsc_khz(), clock_source());
     return nnet;
 }
 
@@ -284,40 +457,49 @@ static void run(uint32_t nnet)
         }
         now = rdtsc();
         if ((int64_t)(now - next_console) >= 0) {
-            next_console = now + console_cycles;
-            poll_console();
+            /* While input flows, look again next pass: long handler
+             * messages arrive a FIFO's worth at a time. */
+            next_console = poll_console() ? now : now + console_cycles;
+            clock_refine();
         }
         if (!busy)
             cpu_relax();
     }
 }
 
+/* "middlebox: NAME ready in N us", without printf: under TCG every new
+ * piece of code run costs microseconds to translate, so the boot path
+ * runs as little code as it can. */
+static void ready_line(void)
+{
+    char num[24];
+    uint64_t us = ready_ns / 1000;
+    uint32_t i = sizeof(num);
+    num[--i] = 0;
+    do {
+        num[--i] = (char)('0' + us % 10);
+        us /= 10;
+    } while (us);
+    con_puts("middlebox: ");
+    con_puts(eng->graph_name);
+    con_puts(" ready in ");
+    con_puts(num + i);
+    con_puts(" us\n");
+}
+
 void guest_main(uint32_t start_info)
 {
     uint32_t nnet;
-    uint64_t t0 = rdtsc(), t1, t2, t3, t4;
+    mark("entry");
     platform_init(start_info);
-    t1 = rdtsc();
+    mark("platform");
     con_init();
-    t2 = rdtsc();
+    mark("console");
     clock_init();
-    t3 = rdtsc();
+    mark("clock");
     nnet = setup();
-    t4 = rdtsc();
-    {
-        uint32_t r[4], l;
-        con_printf("dbg: entry->main %lu us, platform %lu, con %lu, clock %lu, setup %lu\n",
-            clock_tsc_to_ns(t0 - boot_tsc)/1000, clock_tsc_to_ns(t1-t0)/1000, clock_tsc_to_ns(t2-t1)/1000,
-            clock_tsc_to_ns(t3-t2)/1000, clock_tsc_to_ns(t4-t3)/1000);
-        for (l = 0; l < 0x17; l += 0x15) { }
-        cpuid(0, 0, r); con_printf("cpuid0 max %x\n", r[0]);
-        cpuid(0x15, 0, r); con_printf("cpuid15 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
-        cpuid(0x16, 0, r); con_printf("cpuid16 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
-        cpuid(1, 0, r); con_printf("cpuid1 ecx %x\n", r[2]);
-        cpuid(0x40000000, 0, r); con_printf("cpuid40000000 %x %x %x %x\n", r[0], r[1], r[2], r[3]);
-        con_printf("cmdline: %s\n", platform_cmdline());
-    }
     ready_ns = clock_ns();
-    con_printf("middlebox: %s ready in %lu us\n", eng->graph_name, ready_ns / 1000);
+    ready_line();
+    print_marks();
     run(nnet);
 }

@@ -165,10 +165,11 @@ int cmdline_get(const char *key, uint32_t n, char *buf, uint32_t cap)
         const char *w = s;
         while (*s && *s != ' ')
             s++;
-        if ((size_t)(s - w) > klen && uk_startswith(w, key) && w[klen] == '=') {
+        if ((size_t)(s - w) >= klen && uk_startswith(w, key) &&
+            (w + klen == s || w[klen] == '=')) {
             if (n-- == 0) {
                 uint32_t len = 0;
-                const char *v = w + klen + 1;
+                const char *v = w + klen + (w + klen < s);
                 while (v < s && len + 1 < cap)
                     buf[len++] = *v++;
                 if (cap)

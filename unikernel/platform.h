@@ -82,7 +82,8 @@ void platform_init(uint32_t si);
 const char *platform_cmdline(void);
 
 /* Value of "key=value" on the command line copied into buf (NUL-ended);
- * the n-th occurrence (n from 0). Returns its length, or -1 if absent. */
+ * the n-th occurrence (n from 0); a bare "key" has the value "". Returns
+ * its length, or -1 if absent. */
 int cmdline_get(const char *key, uint32_t n, char *buf, uint32_t cap);
 
 /* --- init-time memory ------------------------------------------------------ */

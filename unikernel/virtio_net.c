@@ -30,7 +30,7 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
     n->mergeable = !!(t->features & (1ull << F_MRG_RXBUF));
     n->hdr_len = (t->features & (1ull << VIRTIO_F_VERSION_1)) || n->mergeable ? 12 : 10;
     if (vmmio_queue(t, 0, VNET_RING, &n->rxq) || vmmio_queue(t, 1, VNET_RING, &n->txq)) {
-        *why = "no memory for the rings, or the device lacks a queue";
+        *why = "no memory for its rings (give the VM more with --mem), or a queue is missing";
         vmmio_fail(t);
         return -1;
     }
@@ -40,7 +40,7 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
     n->tx_free = platform_alloc(n->txq.size * sizeof(uint16_t), 8);
     n->tx_busy = platform_alloc(n->txq.size, 8);
     if (!n->rxbuf || !n->txbuf || !n->tx_free || !n->tx_busy) {
-        *why = "no memory for the buffers";
+        *why = "not enough memory for its buffers (give the VM more with --mem)";
         vmmio_fail(t);
         return -1;
     }
@@ -52,9 +52,8 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
     }
     n->rxq.avail_idx = n->rxq.size;
     for (i = 0; i < n->txq.size; i++) {
-        uint8_t *b = n->txbuf + (uint64_t)i * n->txstride;
-        memset(b, 0, n->hdr_len);       /* the header never changes */
-        n->txq.desc[i].addr = (uintptr_t)b;
+        /* Buffers are not touched here: every page touched costs boot time. */
+        n->txq.desc[i].addr = (uintptr_t)(n->txbuf + (uint64_t)i * n->txstride);
         n->txq.desc[i].flags = 0;
         n->tx_free[i] = (uint16_t)(n->txq.size - 1 - i);
         n->tx_busy[i] = 0;
@@ -76,6 +75,8 @@ uint32_t vnet_rx(struct vnet *n, struct mb_engine *eng, struct mb_packet **pkts,
     struct virtq *q = &n->rxq;
     uint16_t pending = virtq_pending(q), mask = (uint16_t)(q->size - 1);
     uint32_t got = 0, recycled = 0, maxlen = mb_max_len(eng);
+    if (pending > q->size)
+        pending = q->size;      /* a device cannot return more than it has */
     while (pending && got < max) {
         struct vq_used_elem e = q->used->ring[q->last_used & mask];
         q->last_used++;
@@ -126,6 +127,8 @@ uint32_t vnet_tx_room(struct vnet *n)
 {
     struct virtq *q = &n->txq;
     uint16_t pending = virtq_pending(q), mask = (uint16_t)(q->size - 1);
+    if (pending > q->size)
+        pending = q->size;
     while (pending--) {
         uint32_t id = q->used->ring[q->last_used & mask].id;
         q->last_used++;
@@ -146,13 +149,16 @@ void vnet_tx(struct vnet *n, struct mb_packet *const *pkts, uint32_t cnt)
     uint32_t i, placed = 0, room = n->txstride - n->hdr_len;
     for (i = 0; i < cnt && n->ntx_free; i++) {
         const struct mb_packet *p = pkts[i];
+        uint8_t *b;
         uint16_t id;
         if (p->len == 0 || p->len > room) {
             n->st.tx_bad++;
             continue;
         }
         id = n->tx_free[--n->ntx_free];
-        memcpy(n->txbuf + (uint64_t)id * n->txstride + n->hdr_len, p->data, p->len);
+        b = n->txbuf + (uint64_t)id * n->txstride;
+        memset(b, 0, n->hdr_len);       /* no offloads: an all-zero header */
+        memcpy(b + n->hdr_len, p->data, p->len);
         q->desc[id].len = n->hdr_len + p->len;
         n->tx_busy[id] = 1;
         q->avail->ring[q->avail_idx & mask] = id;

@@ -1,0 +1,240 @@
+"""Boot time of a graph built into a VM (issue 6).
+
+For each of --boots launches of QEMU (microvm, the options `middlebox boot`
+uses, NICs on loopback UDP sockets) it measures, on the host:
+
+  launch -> ready line        the guest printed "middlebox: NAME ready in N us"
+  launch -> first frame       a frame sent to the lan NIC (every 0.2 ms from
+                              launch on) came out of the wan NIC, forwarded
+and, inside the guest, the N of the ready line (guest entry to polling loop).
+The same launches (same machine, same NICs) of a trivial guest that prints
+one line and powers off (bench/trivial_guest.S) show QEMU's own share. Also: image sizes, guest
+memory in use, where the in-guest time goes (mb.trace), the accelerator.
+Writes bench/results/boot.json.
+
+    python bench/boot.py [--boots 20] [--graph graphs/classifier.yaml] [--accel auto]
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from middlebox.unikernel import build, qemu
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def summary(values, digits=2):
+    v = sorted(values)
+    p90 = v[max(0, math.ceil(0.9 * len(v)) - 1)]
+    return {"median": round(statistics.median(v), digits), "p90": round(p90, digits),
+            "min": round(v[0], digits), "max": round(v[-1], digits),
+            "all": [round(x, digits) for x in values]}
+
+
+def build_trivial(outdir):
+    src = HERE / "trivial_guest.S"
+    obj, image = outdir / "trivial.o", outdir / "trivial.elf"
+    subprocess.run(["gcc", "-c", str(src), "-o", str(obj)], check=True)
+    subprocess.run(["ld", "-T", str(ROOT / "unikernel" / "guest.ld"), "-nostdlib", "-static",
+                    "-z", "max-page-size=4096", "-s", "-o", str(image),
+                    str(obj)], check=True)
+    return image
+
+
+def udp_socket():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def free_port():
+    s = udp_socket()
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False):
+    """One launch: (ready host ms, ready in-guest us, first frame host ms, extra)."""
+    tx, rx = udp_socket(), udp_socket()
+    q_lan, q_wan = free_port(), free_port()
+    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
+            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
+    cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append)
+    cmd[0] = qemu.qemu_path()
+    frame = bytes(Ether() / IP(dst="10.0.1.1") / UDP(dport=9) / b"first")
+    extra = {}
+    with qemu.Guest(cmd) as g:
+        t0 = g.t_start
+        first = None
+        deadline = t0 + timeout
+        while first is None:
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError("no frame forwarded")
+            tx.sendto(frame, ("127.0.0.1", q_lan))
+            r, _, _ = select.select([rx], [], [], 0.0002)
+            if r:
+                rx.recv(65536)
+                first = time.perf_counter()
+        name, us, ready_s = g.wait_ready(timeout)
+        if append:
+            trace = g.wait_for(r"boot trace \(us\): (.*)", timeout).group(1).split()
+            extra["trace"] = {trace[i]: int(trace[i + 1]) for i in range(0, len(trace) - 1, 2)}
+        if want_info:
+            info = g.command("info", timeout=timeout)
+            mem_line = next(ln for ln in info if ln.startswith("memory:"))
+            m = re.search(r"(\d+) KiB used of (\d+) KiB \(engine (\d+) KiB: (\d+) packets", mem_line)
+            extra["memory_kib"] = {"used": int(m.group(1)), "ram": int(m.group(2)),
+                                   "engine": int(m.group(3)), "packets": int(m.group(4))}
+            extra["clock"] = info[-1]
+        # The ready line is read by a thread: its stamp is when it was read.
+    tx.close()
+    rx.close()
+    return ready_s * 1e3, us, (first - t0) * 1e3, extra
+
+
+def boot_trivial(image, accel, mem, timeout=60.0):
+    """Launch the trivial guest with the same machine and NICs as the
+    middlebox guest: (ms to its line, ms to QEMU's exit)."""
+    socks = [udp_socket(), udp_socket()]
+    nics = [(dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},localaddr=127.0.0.1:{free_port()}")
+            for dev, s in zip(("lan", "wan"), socks)]
+    cmd = qemu.command(image, nics, accel=accel, mem=mem)
+    cmd[0] = qemu.qemu_path()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    try:
+        line = p.stdout.readline()
+        t_line = time.perf_counter()
+        rc = p.wait(timeout=timeout)
+        t_exit = time.perf_counter()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        for s in socks:
+            s.close()
+    if b"trivial: hello" not in line or rc != 1:
+        raise RuntimeError(f"trivial guest: {line!r}, exit {rc}")
+    return (t_line - t0) * 1e3, (t_exit - t0) * 1e3
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ver = subprocess.run([qemu.qemu_path(), "--version"], capture_output=True, text=True)
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "qemu": ver.stdout.splitlines()[0] if ver.stdout else "?"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boots", type=int, default=20)
+    ap.add_argument("--graph", default=str(ROOT / "graphs" / "classifier.yaml"))
+    ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    ap.add_argument("--mem", default="auto", help="guest RAM (auto: what the image asks for)")
+    ap.add_argument("--json", default=str(HERE / "results" / "boot.json"))
+    args = ap.parse_args(argv)
+
+    accel = qemu.choose_accel(args.accel)
+    why = qemu.kvm_usable()[1]
+    built = build.build(args.graph)
+    with tempfile.TemporaryDirectory() as tmp:
+        trivial = build_trivial(pathlib.Path(tmp))
+        trivial_size = trivial.stat().st_size
+        ready, guest_us, first, t_line, t_exit = [], [], [], [], []
+        for i in range(args.boots):
+            r, us, f, _ = boot_middlebox(built.path, accel, args.mem)
+            ready.append(r)
+            guest_us.append(us)
+            first.append(f)
+            a, b = boot_trivial(trivial, accel, args.mem)
+            t_line.append(a)
+            t_exit.append(b)
+        _, _, _, traced = boot_middlebox(built.path, accel, args.mem, append="mb.trace",
+                                         want_info=True)
+    res = {
+        "bench": "boot",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "accel": accel,
+        "accel_why": f"kvm: {why}" if accel == "tcg" and args.accel == "auto" else args.accel,
+        "boots": args.boots,
+        "qemu_machine": qemu.MACHINE,
+        "guest_ram_mib": qemu.parse_mem(args.mem, built.path),
+        "middlebox": {
+            "graph": built.plan.graph.name,
+            "image_bytes": built.size,
+            "kernels": built.kernels,
+            "launch_to_ready_ms": summary(ready),
+            "launch_to_first_frame_ms": summary(first),
+            "in_guest_ready_us": summary(guest_us, 0),
+            "in_guest_trace_us": traced.get("trace"),
+            "memory_kib": traced.get("memory_kib"),
+            "clock": traced.get("clock"),
+        },
+        "trivial": {
+            "image_bytes": trivial_size,
+            "launch_to_line_ms": summary(t_line),
+            "launch_to_exit_ms": summary(t_exit),
+        },
+    }
+    res["guest_share_ms"] = {
+        "ready": round(res["middlebox"]["launch_to_ready_ms"]["median"]
+                       - res["trivial"]["launch_to_line_ms"]["median"], 2),
+        "first_frame": round(res["middlebox"]["launch_to_first_frame_ms"]["median"]
+                             - res["trivial"]["launch_to_line_ms"]["median"], 2),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    mb, tr = res["middlebox"], res["trivial"]
+    print(f"accelerator {accel} ({res['accel_why']}), {args.boots} boots, "
+          f"guest RAM {res['guest_ram_mib']} MiB")
+    print(f"{mb['graph']}: image {mb['image_bytes'] / 1024:.0f} KiB, memory in use "
+          f"{mb['memory_kib']['used'] if mb['memory_kib'] else '?'} KiB")
+    for key, label in (("launch_to_ready_ms", "launch -> ready line"),
+                       ("launch_to_first_frame_ms", "launch -> first frame")):
+        print(f"  {label:<24} median {mb[key]['median']:7.2f} ms  p90 {mb[key]['p90']:7.2f} ms")
+    print(f"  {'in guest: ready':<24} median {mb['in_guest_ready_us']['median']:7.0f} us  "
+          f"p90 {mb['in_guest_ready_us']['p90']:7.0f} us")
+    print(f"  in-guest trace (us): {mb['in_guest_trace_us']}")
+    print(f"trivial guest: image {tr['image_bytes']} bytes")
+    print(f"  {'launch -> its line':<24} median {tr['launch_to_line_ms']['median']:7.2f} ms  "
+          f"p90 {tr['launch_to_line_ms']['p90']:7.2f} ms")
+    print(f"  {'launch -> QEMU exit':<24} median {tr['launch_to_exit_ms']['median']:7.2f} ms  "
+          f"p90 {tr['launch_to_exit_ms']['p90']:7.2f} ms")
+    print(f"middlebox guest's share: ready +{res['guest_share_ms']['ready']} ms, "
+          f"first frame +{res['guest_share_ms']['first_frame']} ms over the trivial guest")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
