@@ -41,7 +41,8 @@ ext = Extension(
     sources=["runtime/_engine.pyx", "runtime/live.c"],
     include_dirs=["runtime", numpy.get_include()],
     extra_compile_args=["-O3", "-Wno-unused-function"],
-    depends=["runtime/mb.h", "runtime/engine.h", "runtime/live.h"] + KERNEL_SOURCES,
+    depends=["runtime/mb.h", "runtime/engine.h", "runtime/live.h"] + KERNEL_SOURCES
+            + sorted(glob.glob("elements/*.h")),
 )
 
 setup(
@@ -59,7 +60,7 @@ setup(
     },
     package_data={
         "middlebox.runtime": ["*.h", "*.c", "*.pyx"],
-        "middlebox.elements": ["*.c"],
+        "middlebox.elements": ["*.c", "*.h"],
         "middlebox.unikernel": ["*.c", "*.h", "*.S", "*.ld"],
     },
     libraries=[core],

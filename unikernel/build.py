@@ -203,8 +203,10 @@ def build(graph, output=None, cache=None):
     sources = [HERE / s for s in GUEST_SOURCES] + [ROOT_RUNTIME / "engine.c"]
     sources += sorted({pathlib.Path(f) for f in kernels.values()})
     texts = {s: s.read_bytes() for s in sources}
-    headers = sorted(glob.glob(str(HERE / "*.h"))) + [str(ROOT_RUNTIME / "mb.h"),
-                                                      str(ROOT_RUNTIME / "engine.h")]
+    # every header a source may include, so a header change rebuilds
+    headers = (sorted(glob.glob(str(HERE / "*.h"))) + [str(ROOT_RUNTIME / "mb.h"),
+                                                       str(ROOT_RUNTIME / "engine.h")]
+               + sorted(glob.glob(str(ROOT_ELEMENTS / "*.h"))))
     header_text = b"".join(pathlib.Path(h).read_bytes() for h in headers)
     from middlebox.runtime import kernel_table
     generated = {"plan.c": plan_source(p).encode(),
