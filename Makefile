@@ -36,7 +36,7 @@ debian:
 $(DEPS): pyproject.toml | debian
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=64" wheel
-	$(BIN)/pip install -q "cython>=3" numpy pyyaml networkx scapy pytest hypothesis matplotlib
+	$(BIN)/pip install -q "cython>=3" numpy pyyaml networkx scapy pytest hypothesis matplotlib dpkt
 	touch $@
 
 $(BUILT): $(DEPS) $(CSRC)
@@ -57,8 +57,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The benchmark suite (about two minutes): every graph in bench/graphs/ and
+# the firewall pcap replay against dpkt and scapy; writes
+# bench/results/suite.json, PNG plots and the table in bench/README.md.
 bench: setup
-	$(BIN)/python bench/classifier.py
+	@$(BIN)/python -c "import dpkt" 2>/dev/null || $(BIN)/pip install -q dpkt
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf build $(OUT) runtime/_engine.c runtime/*.so *.egg-info

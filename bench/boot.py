@@ -13,6 +13,9 @@ memory in use, where the in-guest time goes (mb.trace), the accelerator.
 Writes bench/results/boot.json.
 
     python bench/boot.py [--boots 20] [--graph graphs/classifier.yaml] [--accel auto]
+                         [--machine microvm|q35 [--firmware seabios|qboot]]
+
+--machine q35 boots a PC (firmware, then virtio-pci NICs) instead of microvm.
 """
 
 import argparse
@@ -70,13 +73,15 @@ def free_port():
     return port
 
 
-def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False):
+def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
+                   machine="microvm", firmware=None):
     """One launch: (ready host ms, ready in-guest us, first frame host ms, extra)."""
     tx, rx = udp_socket(), udp_socket()
     q_lan, q_wan = free_port(), free_port()
     nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
             ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
-    cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append)
+    cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append, machine=machine,
+                       firmware=firmware)
     cmd[0] = qemu.qemu_path()
     frame = bytes(Ether() / IP(dst="10.0.1.1") / UDP(dport=9) / b"first")
     extra = {}
@@ -110,13 +115,13 @@ def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False):
     return ready_s * 1e3, us, (first - t0) * 1e3, extra
 
 
-def boot_trivial(image, accel, mem, timeout=60.0):
+def boot_trivial(image, accel, mem, timeout=60.0, machine="microvm", firmware=None):
     """Launch the trivial guest with the same machine and NICs as the
     middlebox guest: (ms to its line, ms to QEMU's exit)."""
     socks = [udp_socket(), udp_socket()]
     nics = [(dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},localaddr=127.0.0.1:{free_port()}")
             for dev, s in zip(("lan", "wan"), socks)]
-    cmd = qemu.command(image, nics, accel=accel, mem=mem)
+    cmd = qemu.command(image, nics, accel=accel, mem=mem, machine=machine, firmware=firmware)
     cmd[0] = qemu.qemu_path()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -158,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--graph", default=str(ROOT / "graphs" / "classifier.yaml"))
     ap.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     ap.add_argument("--mem", default="auto", help="guest RAM (auto: what the image asks for)")
+    ap.add_argument("--machine", default="microvm", choices=("microvm", "q35"))
+    ap.add_argument("--firmware", choices=("seabios", "qboot"), help="q35 only")
     ap.add_argument("--json", default=str(HERE / "results" / "boot.json"))
     args = ap.parse_args(argv)
 
@@ -169,15 +176,18 @@ def main(argv=None):
         trivial_size = trivial.stat().st_size
         ready, guest_us, first, t_line, t_exit = [], [], [], [], []
         for i in range(args.boots):
-            r, us, f, _ = boot_middlebox(built.path, accel, args.mem)
+            r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
+                                         firmware=args.firmware)
             ready.append(r)
             guest_us.append(us)
             first.append(f)
-            a, b = boot_trivial(trivial, accel, args.mem)
+            a, b = boot_trivial(trivial, accel, args.mem, machine=args.machine,
+                                firmware=args.firmware)
             t_line.append(a)
             t_exit.append(b)
         _, _, _, traced = boot_middlebox(built.path, accel, args.mem, append="mb.trace",
-                                         want_info=True)
+                                         want_info=True, machine=args.machine,
+                                         firmware=args.firmware)
     res = {
         "bench": "boot",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -185,7 +195,8 @@ def main(argv=None):
         "accel": accel,
         "accel_why": f"kvm: {why}" if accel == "tcg" and args.accel == "auto" else args.accel,
         "boots": args.boots,
-        "qemu_machine": qemu.MACHINE,
+        "qemu_machine": qemu.MACHINES[args.machine],
+        "firmware": args.firmware or ("seabios" if args.machine == "q35" else "qboot"),
         "guest_ram_mib": qemu.parse_mem(args.mem, built.path),
         "middlebox": {
             "graph": built.plan.graph.name,
@@ -215,7 +226,8 @@ def main(argv=None):
         json.dump(res, f, indent=2)
         f.write("\n")
     mb, tr = res["middlebox"], res["trivial"]
-    print(f"accelerator {accel} ({res['accel_why']}), {args.boots} boots, "
+    print(f"machine {args.machine} ({res['firmware']}), "
+          f"accelerator {accel} ({res['accel_why']}), {args.boots} boots, "
           f"guest RAM {res['guest_ram_mib']} MiB")
     print(f"{mb['graph']}: image {mb['image_bytes'] / 1024:.0f} KiB, memory in use "
           f"{mb['memory_kib']['used'] if mb['memory_kib'] else '?'} KiB")

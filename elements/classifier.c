@@ -19,29 +19,42 @@ static int classifier_init(struct mb_elem *e)
     return err ? mb_fail(e, err) : 0;
 }
 
-static inline void cls_finish(struct mb_elem *e, struct mb_packet *p, int32_t t)
-{
-    if (MB_LIKELY(t > CLS_NOIP)) {
-        mb_emit(e, (uint32_t)(-(t + 1)), p);
-    } else {
-        e->xstat[t == CLS_NOIP ? 0 : t == CLS_DROP ? 1 : 2]++;
-        mb_drop(e, p);
-    }
-}
+/* Packets are sent in runs: consecutive packets bound for the same output
+ * are kept at the front of pkts and emitted together when the output
+ * changes, so every queue receives them in the order one-by-one emits
+ * would give (dropped packets go to no queue). */
+#define CLS_PUSH_LOOP(RUN)                                                    \
+    do {                                                                      \
+        uint32_t i, k = 0, port = 0;                                          \
+        for (i = 0; i < n; i++) {                                             \
+            struct mb_packet *p = pkts[i];                                    \
+            int32_t t = RUN(pr, p);                                           \
+            uint32_t out;                                                     \
+            if (MB_UNLIKELY(t <= CLS_NOIP)) {                                 \
+                e->xstat[t == CLS_NOIP ? 0 : t == CLS_DROP ? 1 : 2]++;        \
+                mb_drop(e, p);                                                \
+                continue;                                                     \
+            }                                                                 \
+            out = (uint32_t)(-(t + 1));                                       \
+            if (out != port) {                                                \
+                mb_emit_batch(e, port, pkts, k);                              \
+                k = 0;                                                        \
+                port = out;                                                   \
+            }                                                                 \
+            pkts[k++] = p;                                                    \
+        }                                                                     \
+        mb_emit_batch(e, port, pkts, k);                                      \
+    } while (0)
 
 static void classifier_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     const struct cls_prog *pr = e->state;
-    uint32_t i;
 
     /* Two loops, so the data-only walk (Classifier) knows it has one base. */
-    if (pr->flags & CLS_F_IP) {
-        for (i = 0; i < n; i++)
-            cls_finish(e, pkts[i], cls_run_ip(pr, pkts[i]));
-    } else {
-        for (i = 0; i < n; i++)
-            cls_finish(e, pkts[i], cls_run_data(pr, pkts[i]));
-    }
+    if (pr->flags & CLS_F_IP)
+        CLS_PUSH_LOOP(cls_run_ip);
+    else
+        CLS_PUSH_LOOP(cls_run_data);
 }
 
 MB_KERNEL(classifier) = {

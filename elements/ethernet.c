@@ -34,9 +34,12 @@ static int strip_init(struct mb_elem *e)
     return 0;
 }
 
+/* Both keep the packets they pass at the front of pkts and emit them at
+ * once (dropped packets go to no queue, so the order is kept). */
 static void strip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     const uint32_t len = ((struct strip_state *)e->state)->n;
+    uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
         if (MB_UNLIKELY(mb_pull(p, len) < 0)) {
@@ -44,8 +47,9 @@ static void strip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
             mb_drop(e, p);
             continue;
         }
-        mb_emit(e, 0, p);
+        pkts[k++] = p;
     }
+    mb_emit_batch(e, 0, pkts, k);
 }
 
 MB_KERNEL(strip) = {
@@ -58,6 +62,7 @@ MB_KERNEL(strip) = {
 static void unstrip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     const uint32_t len = ((struct strip_state *)e->state)->n;
+    uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
         if (MB_UNLIKELY(mb_push(p, len) < 0)) {
@@ -65,8 +70,9 @@ static void unstrip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
             mb_drop(e, p);
             continue;
         }
-        mb_emit(e, 0, p);
+        pkts[k++] = p;
     }
+    mb_emit_batch(e, 0, pkts, k);
 }
 
 MB_KERNEL(unstrip) = {

@@ -42,9 +42,20 @@
 #define CLS_NBASES 3u
 #define CLS_MAX_NODES 0x00100000u
 
+/* In a walk, a test's outcome is best left to the branch predictor: a
+ * conditional move would chain every test's load to the one before. This
+ * empty asm in one arm keeps the compiler from making one. */
+#if defined(__GNUC__)
+#define CLS_KEEP_BRANCH(v) __asm__("" : "+r"(v))
+#else
+#define CLS_KEEP_BRANCH(v) ((void)0)
+#endif
+
 struct cls_node {
-    uint32_t off;       /* base << 24 | offset: the offset alone when base is 0 */
+    uint32_t off;       /* offset of the word from its base */
+    uint32_t base;      /* 0 data, 1 IP header, 2 transport header */
     uint32_t need;
+    uint32_t full;      /* max(need, off + 4): a base this long holds the whole word */
     uint32_t mask;      /* in the byte order of a native load of the word */
     uint32_t value;
     int32_t yes;
@@ -56,6 +67,9 @@ struct cls_prog {
     uint32_t noutputs;
     int32_t entry;
     uint32_t flags;
+    uint32_t full[CLS_NBASES];  /* largest node `full` per base: bases at least
+                                 * this long need no bounds checks in a walk */
+    uint32_t pad_;
     struct cls_node nodes[];
 };
 
@@ -129,6 +143,8 @@ static inline const char *cls_prog_load(struct cls_prog *pr, const uint8_t *c, u
     pr->noutputs = np;
     pr->flags = flags;
     pr->entry = (int32_t)mb_le32(c + 12);
+    pr->full[0] = pr->full[1] = pr->full[2] = 0;
+    pr->pad_ = 0;
     if (!cls_target_ok(pr->entry, -1, n, np))
         return "classifier: bad entry target";
     for (i = 0; i < n; i++) {
@@ -136,12 +152,15 @@ static inline const char *cls_prog_load(struct cls_prog *pr, const uint8_t *c, u
         struct cls_node *nd = &pr->nodes[i];
         uint32_t mask = mb_le32(b + 8), value = mb_le32(b + 12);
         uint32_t base;
-        nd->off = mb_le32(b);
+        uint32_t where = mb_le32(b);
+        nd->off = where & CLS_OFF_MASK;
         nd->need = mb_le32(b + 4);
         nd->yes = (int32_t)mb_le32(b + 16);
         nd->no = (int32_t)mb_le32(b + 20);
-        base = nd->off >> CLS_BASE_SHIFT;
-        if (nd->off & 3u)
+        base = where >> CLS_BASE_SHIFT;
+        nd->base = base;
+        nd->full = nd->need > nd->off + 4 ? nd->need : nd->off + 4;
+        if (where & 3u)
             return "classifier: bad test offset";
         if (base >= CLS_NBASES || (base != 0 && !(flags & CLS_F_IP)))
             return "classifier: bad test base";
@@ -152,6 +171,8 @@ static inline const char *cls_prog_load(struct cls_prog *pr, const uint8_t *c, u
             return "classifier: test target is not a later node or an output";
         nd->mask = cls_native(mask);
         nd->value = cls_native(value);
+        if (nd->full > pr->full[base])
+            pr->full[base] = nd->full;
     }
     return 0;
 }
@@ -177,11 +198,26 @@ static inline int32_t cls_run_data(const struct cls_prog *pr, const struct mb_pa
     const uint32_t len = p->len;
     int32_t t = pr->entry;
 
+    if (MB_LIKELY(pr->full[0] <= len)) {
+        /* Every word of every test lies inside the packet. */
+        while (t >= 0) {
+            const struct cls_node *nd = &nodes[t];
+            if ((cls_load(d + nd->off) & nd->mask) == nd->value) {
+                t = nd->yes;
+            } else {
+                t = nd->no;
+                CLS_KEEP_BRANCH(t);
+            }
+        }
+        return t;
+    }
     while (t >= 0) {
         const struct cls_node *nd = &nodes[t];
-        int ok = 0;
-        if (nd->need <= len)
-            ok = (cls_word(d, len, nd->off) & nd->mask) == nd->value;
+        int ok;
+        if (MB_LIKELY(nd->full <= len))
+            ok = (cls_load(d + nd->off) & nd->mask) == nd->value;
+        else
+            ok = nd->need <= len && (cls_word(d, len, nd->off) & nd->mask) == nd->value;
         t = ok ? nd->yes : nd->no;
     }
     return t;
@@ -222,13 +258,29 @@ static inline int32_t cls_run_ip(const struct cls_prog *pr, const struct mb_pack
         lim[2] = 0;
     }
 
+    if (MB_LIKELY(pr->full[0] <= lim[0] && pr->full[1] <= lim[1] && pr->full[2] <= lim[2])) {
+        /* Every word of every test lies inside its base. */
+        while (t >= 0) {
+            const struct cls_node *nd = &nodes[t];
+            if ((cls_load(base[nd->base] + nd->off) & nd->mask) == nd->value) {
+                t = nd->yes;
+            } else {
+                t = nd->no;
+                CLS_KEEP_BRANCH(t);
+            }
+        }
+        return t;
+    }
     while (t >= 0) {
         const struct cls_node *nd = &nodes[t];
-        const uint32_t b = nd->off >> CLS_BASE_SHIFT;
+        const uint32_t b = nd->base;
         const uint32_t len = lim[b];
-        int ok = 0;
-        if (nd->need <= len)
-            ok = (cls_word(base[b], len, nd->off & CLS_OFF_MASK) & nd->mask) == nd->value;
+        int ok;
+        if (MB_LIKELY(nd->full <= len))
+            ok = (cls_load(base[b] + nd->off) & nd->mask) == nd->value;
+        else
+            ok = nd->need <= len &&
+                 (cls_word(base[b], len, nd->off) & nd->mask) == nd->value;
         t = ok ? nd->yes : nd->no;
     }
     return t;

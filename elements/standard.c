@@ -27,8 +27,7 @@ static int std_no_config(struct mb_elem *e)
 
 static void discard_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    for (uint32_t i = 0; i < n; i++)
-        mb_drop(e, pkts[i]);
+    mb_drop_batch(e, pkts, n);
 }
 
 MB_KERNEL(discard) = {
@@ -43,11 +42,9 @@ MB_KERNEL(discard) = {
 static void counter_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     uint64_t bytes = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct mb_packet *p = pkts[i];
-        bytes += p->len;
-        mb_emit(e, 0, p);
-    }
+    for (uint32_t i = 0; i < n; i++)
+        bytes += pkts[i]->len;
+    mb_emit_batch(e, 0, pkts, n);
     e->xstat[0] += n;
     e->xstat[1] += bytes;
 }

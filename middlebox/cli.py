@@ -7,10 +7,12 @@
     middlebox run   GRAPH.yaml --dev DEV=IFNAME|tap:NAME ... [--workers N] [--duration S]
                     [--control SOCKET] [--busy-poll] [--ring v3|v2]
     middlebox ctl   SOCKET read|write|list|quit [ELEMENT.HANDLER] [VALUE]
-    middlebox bench GRAPH.yaml [--packets N] [--json FILE]
+    middlebox bench GRAPH.yaml [--packets N] [--size B] [--batch N] [--flows K]
+                    [--json [FILE]] [--plot FILE.png] [--progress]
     middlebox elements [NAME]
     middlebox build GRAPH.yaml [-o fw.elf]
     middlebox boot  fw.elf --nic DEV=tap:IFNAME ... [--accel auto|kvm|tcg] [--mem auto|64M] [--dry-run]
+                    [--machine microvm|q35 [--firmware seabios|qboot]]
 
 Exit codes: 0 success, 2 usage or configuration error, 1 failure while
 running. Errors are one line; MIDDLEBOX_DEBUG=1 adds the traceback of an
@@ -302,24 +304,103 @@ def cmd_ctl(args):
 # --- bench ------------------------------------------------------------------
 
 def cmd_bench(args):
-    from middlebox import plan
-    from middlebox.runtime import Engine
+    from middlebox import bench
 
     g = _load(args.graph)
     if not any(e.source for e in g.elements.values()):
         raise ConfigError("bench needs a source such as InfiniteSource in the graph", g.file)
-    eng = Engine(plan.build(g))
-    eng.run_sources(min(args.packets, 100_000))  # warm caches and tables
-    made, secs = eng.run_sources(args.packets)
-    res = {"graph": g.name, "packets": made, "seconds": secs,
-           "mpps": made / secs / 1e6 if secs else 0.0,
-           "ns_per_packet": secs * 1e9 / made if made else 0.0}
-    print(f"{g.name}: {made} packets in {secs:.3f} s: {res['mpps']:.2f} Mpps, "
-          f"{res['ns_per_packet']:.1f} ns/packet")
+    if args.packets < 1:
+        raise ConfigError("--packets must be at least 1")
+    if args.plot:
+        if os.path.splitext(args.plot)[1].lower() != ".png":
+            raise ConfigError(f"--plot writes a PNG: give a FILE.png, not '{args.plot}'")
+        if not bench.traffic_sources(g):
+            raise ConfigError("--plot sweeps the batch and packet size of InfiniteSources "
+                              "without 'limit', and the graph has none", g.file)
+        if args.sweep_packets < 1:
+            raise ConfigError("--sweep-packets must be at least 1")
+        _writable(args.plot)
+    if args.json not in (None, "-"):
+        _writable(args.json)
+    bench.set_traffic(g, size=args.size, batch=args.batch, flows=args.flows)
+    _warn(g)
+    show = args.progress or (args.progress is None and sys.stderr.isatty())
+    bar = _Progress(g.name) if show else None
+    res = bench.measure(g, args.packets, progress=bar.update if bar else None)
+    if bar:
+        bar.done()
+    res["machine"] = bench.machine()
+    traffic = (f" (batch {res['batch']}, {res['packet_size']}-byte packets, {res['flows']} flows)"
+               if res["packet_size"] else "")
+    lines = [f"{g.name}: {res['packets']} packets in {res['seconds']:.3f} s: "
+             f"{res['mpps']:.2f} Mpps, {res['ns_per_packet']:.1f} ns/packet{traffic}"]
+    if res["cycles_per_packet"] is not None:
+        lines.append(f"  {res['cycles_per_packet']} cycles/packet, "
+                     f"{res['instructions_per_packet']} instructions/packet (perf stat)")
+    else:
+        lines.append(f"  cycles/instructions per packet: n/a: {res['perf']}")
+    if args.plot:
+        sweep_packets = min(args.packets, args.sweep_packets)
+        sbar = _Progress(f"{g.name} sweep") if show else None
+        res["sweep"] = bench.sweep(args.graph, sweep_packets, batch=args.batch, size=args.size,
+                                   flows=args.flows, progress=sbar.update if sbar else None)
+        res["sweep"]["packets_per_point"] = sweep_packets
+        if sbar:
+            sbar.done()
+        bench.plot(res, args.plot)
+        b = ", ".join(f"{p['batch']}: {p['mpps']:.1f}" for p in res["sweep"]["batch"])
+        z = ", ".join(f"{p['packet_size']}: {p['mpps']:.1f}" for p in res["sweep"]["packet_size"])
+        lines.append(f"  Mpps by batch ({bench.MAX_BATCH} at most: fixed at compile time) {b}")
+        lines.append(f"  Mpps by packet size (bytes) {z}")
+        lines.append(f"wrote {args.plot}")
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+        for line in lines:
+            print(line, file=sys.stderr)
+        return 0
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        except OSError as e:
+            raise RunError(f"cannot write {args.json}: {(e.strerror or str(e)).lower()}") from None
+        lines.append(f"wrote {args.json}")
+    print("\n".join(lines))
     return 0
+
+
+def _writable(path):
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise RunError(f"cannot write {path}: no such directory")
+    if not os.access(d, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise RunError(f"cannot write {path}: permission denied")
+
+
+class _Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label, width=30):
+        self.label, self.width, self.last, self.state = label, width, 0.0, None
+
+    def update(self, done, total, mpps, force=False):
+        import time
+        now = time.monotonic()
+        self.state = (done, total, mpps)
+        if not force and done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        done = min(done, total)
+        k = int(self.width * done / total) if total else self.width
+        sys.stderr.write(f"\r{self.label} [{'#' * k}{'.' * (self.width - k)}] "
+                         f"{100 * done // max(total, 1):3d}%  {mpps:6.2f} Mpps")
+        sys.stderr.flush()
+
+    def done(self):
+        if self.state:
+            self.update(*self.state, force=True)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 # --- build and boot (a graph as a VM) ---------------------------------------
@@ -348,7 +429,8 @@ def cmd_boot(args):
     nics = qemu.bind_nics(devices, args.nics)
     accel = qemu.choose_accel(args.accel)
     append = " ".join(filter(None, ["mb.trace" if args.trace else "", args.append or ""]))
-    cmd = qemu.command(args.image, nics, accel, args.mem, append=append)
+    cmd = qemu.command(args.image, nics, accel, args.mem, append=append, machine=args.machine,
+                       firmware=args.firmware)
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
@@ -437,8 +519,23 @@ def parser():
     p.set_defaults(fn=cmd_ctl)
     p = sub.add_parser("bench", help="packet rate of a graph fed by its sources")
     p.add_argument("graph")
-    p.add_argument("--packets", type=int, default=10_000_000)
-    p.add_argument("--json")
+    p.add_argument("--packets", type=int, default=10_000_000, metavar="N",
+                   help="packets to measure, after a warm-up (default 10000000)")
+    p.add_argument("--size", type=int, metavar="BYTES",
+                   help="frame size of the InfiniteSources without a limit")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="packets per poll, 1 to 32 (InfiniteSource burst)")
+    p.add_argument("--flows", type=int, metavar="K", help="distinct flows the sources cycle through")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                   help="the result as JSON: on stdout, or into FILE")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also sweep batch sizes and packet sizes and draw Mpps against them")
+    p.add_argument("--sweep-packets", type=int, default=1_000_000, metavar="N",
+                   help="packets per run at each sweep point, best of 3 (at most --packets)")
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="progress bar on stderr even when it is not a terminal")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar, even on a terminal")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("build", help="build a graph into a bootable VM image (PVH ELF)")
     p.add_argument("graph")
@@ -456,6 +553,11 @@ def parser():
     p.add_argument("--dry-run", action="store_true", help="print the QEMU command line")
     p.add_argument("--trace", action="store_true", help="print where the boot time goes")
     p.add_argument("--append", help="more kernel command line (e.g. mb.tsc_khz=2200000)")
+    p.add_argument("--machine", default="microvm", choices=("microvm", "q35"),
+                   help="microvm (virtio-mmio NICs, default) or q35 (a PC: virtio-pci NICs)")
+    p.add_argument("--firmware", choices=("seabios", "qboot"),
+                   help="q35 only: SeaBIOS (default) or qboot (faster; the guest places the "
+                        "PCI BARs itself)")
     p.set_defaults(fn=cmd_boot)
     p = sub.add_parser("elements", help="the element catalogue")
     p.add_argument("name", nargs="?")

@@ -53,6 +53,8 @@ _OPT_ENDOFOPT, _IF_TSRESOL, _IF_TSOFFSET = 0, 9, 14
 # bytes of packet data placed per chunk when writing (bounds temporary memory)
 _WRITE_CHUNK = 1 << 25
 _WRITE_CHUNK_PACKETS = 1 << 20
+# bytes of records written per chunk when every packet has the same length
+_WRITE_BUFFER = 1 << 22
 
 
 class Capture:
@@ -193,12 +195,6 @@ def parse(buf, name="<capture>"):
     raise RunError(f"{name}: not a pcap or pcapng file")
 
 
-def _gather_u32(u8, pos, dtype):
-    """The 32-bit words at byte positions pos (any alignment) of u8."""
-    idx = pos.astype(np.int64)[:, None] + np.arange(4, dtype=np.int64)
-    return u8[idx].view(dtype).ravel()
-
-
 def _parse_classic(buf, name, endian, nanos):
     size = len(buf)
     if size < 24:
@@ -213,26 +209,38 @@ def _parse_classic(buf, name, endian, nanos):
     elif size >= 40:
         # Fast path: every packet has the first packet's captured length.
         # If all records at that stride say so, they are all real headers
-        # (by induction from the first one).
+        # (by induction from the first one), and every header field is a
+        # strided view of the file: no gathering.
         first = struct.unpack_from(endian + "I", buf, 32)[0]
         stride = 16 + first
         if first <= MAX_CAPLEN and (size - 24) % stride == 0:
             n = (size - 24) // stride
-            caps = np.ndarray((n,), dtype=u32, buffer=buf, offset=32,
-                              strides=(stride,))
-            if np.all(caps == first):
-                data_pos = (np.arange(n, dtype=np.uint64) * np.uint64(stride)
-                            + np.uint64(40))
+
+            # one pass over the file copies the record headers out
+            hdr = np.ascontiguousarray(np.ndarray((n, 4), dtype=u32, buffer=buf,
+                                                  offset=24, strides=(stride, 4)))
+            if np.all(hdr[:, 2] == first):
+                data_pos = np.arange(np.uint64(40), np.uint64(40 + n * stride),
+                                     np.uint64(stride), dtype=np.uint64)
+                lengths = np.full(n, first, dtype=np.uint32)
+                timestamps = hdr[:, 0].astype(np.uint64)
+                timestamps *= np.uint64(_NS)
+                if nanos:
+                    timestamps += hdr[:, 1]
+                else:
+                    timestamps += hdr[:, 1].astype(np.uint64) * np.uint64(1000)
+                return Capture(linktype, buf, data_pos, lengths, timestamps, nanos)
     if data_pos is None:
         data_pos = _index_classic(buf, name, endian)
 
     n = len(data_pos)
     if n:
-        u8 = np.frombuffer(buf, dtype=np.uint8)
-        hdr = data_pos - np.uint64(16)
-        secs = _gather_u32(u8, hdr, u32).astype(np.uint64)
-        frac = _gather_u32(u8, hdr + np.uint64(4), u32).astype(np.uint64)
-        lengths = _gather_u32(u8, hdr + np.uint64(8), u32).astype(np.uint32)
+        # the 16-byte record headers, gathered in one pass as (n, 4) words
+        words = _void_view(buf, 16, len(buf) - 15)[data_pos - np.uint64(16)].view(u32)
+        words = words.reshape(n, 4)
+        secs = words[:, 0].astype(np.uint64)
+        frac = words[:, 1].astype(np.uint64)
+        lengths = words[:, 2].astype(np.uint32)
         if not nanos:
             frac *= np.uint64(1000)
         timestamps = secs * np.uint64(_NS) + frac
@@ -317,6 +325,7 @@ def _parse_pcapng(buf, name):
     bulk = []            # (data_pos, caplens, ifidx, units) numpy chunks
     count = 0            # packets before the current array chunk
     tried_bulk = False
+    walk_from = 0        # where _epb_run may next be tried
     u32 = epb = None
 
     def too_long(number, caplen):
@@ -377,6 +386,21 @@ def _parse_pcapng(buf, name):
                     bulk.append(got)
                     count += len(got[0])
                     break
+            if pos >= walk_from:
+                # a run of packet blocks: walk it lean, check it with numpy;
+                # if something in it is wrong, the loop below finds and names it
+                got, stop = _epb_run(buf, pos, e, ifaces)
+                walk_from = stop
+                if got is not None:
+                    if data_pos:
+                        bulk.append(_as_arrays(data_pos, caplens, ifidx, units))
+                        count += len(data_pos)
+                        data_pos, caplens, ifidx, units = (
+                            array("Q"), array("Q"), array("Q"), array("Q"))
+                    bulk.append(got)
+                    count += len(got[0])
+                    pos = stop
+                    continue
             data_pos.append(pos + 28)
             caplens.append(caplen)
             ifidx.append(ifaces[iface])
@@ -460,6 +484,37 @@ def _parse_pcapng(buf, name):
 
 def _as_arrays(*arrays):
     return tuple(np.frombuffer(a, dtype=np.uint64) for a in arrays)
+
+
+def _epb_run(buf, pos, e, ifaces):
+    """The enhanced packet blocks from pos up to the first block of another
+    type (or with a bad length), indexed at once if every one is sound:
+    ((data_pos, caplens, ifidx, units) or None, where the run stops)."""
+    unpack = struct.Struct(e + "II").unpack_from
+    size = len(buf)
+    starts = array("Q")
+    append = starts.append
+    while pos + 32 <= size:
+        btype, blen = unpack(buf, pos)
+        if btype != _EPB or blen < 32 or blen & 3 or pos + blen > size:
+            break
+        append(pos)
+        pos += blen
+    n = len(starts)
+    if n < 2:
+        return None, pos
+    at = np.frombuffer(starts, dtype=np.uint64)
+    u32 = np.dtype(e + "u4")
+    words = _void_view(buf, 28, size - 27)[at].view(u32).reshape(n, 7)
+    blen = words[:, 1]
+    trail = _void_view(buf, 4, size - 3)[at + blen - np.uint64(4)].view(u32)
+    iface, caplen = words[:, 2], words[:, 5]
+    if not (np.array_equal(trail, blen) and int(iface.max()) < len(ifaces)
+            and int(caplen.max()) <= MAX_CAPLEN and bool(np.all(caplen <= blen - 32))):
+        return None, pos
+    units = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4]
+    ifidx = np.asarray(ifaces, dtype=np.uint64)[iface]
+    return (at + np.uint64(28), caplen.astype(np.uint64), ifidx, units), pos
 
 
 def _uniform_epbs(buf, pos, blen, e, ifaces):
@@ -617,6 +672,38 @@ def _void_view(buf, item, count):
                       strides=(1,))
 
 
+def _write_uniform(f, src, offsets, size, pre, suf, P, S, align):
+    """Write records of packets that all have `size` bytes: prefix, packet,
+    padding, suffix. A few MB at a time through one reused buffer (a
+    (packets, record) array); packets that lie back to back in src, as the
+    engine's output does, are copied as one strided block."""
+    n = len(offsets)
+    padded = size if align == 1 else (size + align - 1) & ~(align - 1)
+    rec = P + padded + S
+    step = max(1, min(n, _WRITE_BUFFER // rec))
+    buf = np.zeros((step, rec), dtype=np.uint8)   # padding stays zero
+    pre8 = pre.view(np.uint8).reshape(n, P)
+    suf8 = suf.view(np.uint8).reshape(n, S) if S else None
+    nsrc = len(src)
+    gather = _void_view(src, size, nsrc - size + 1) if size and nsrc >= size else None
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        m = j - i
+        out = buf[:m]
+        out[:, :P] = pre8[i:j]
+        if S:
+            out[:, P + padded:] = suf8[i:j]
+        if size:
+            offs = offsets[i:j]
+            o0 = int(offs[0])
+            if (int(offs[-1]) - o0 == (m - 1) * size
+                    and (m < 3 or bool(np.all(np.diff(offs) == np.uint64(size))))):
+                out[:, P:P + size] = src[o0:o0 + m * size].reshape(m, size)
+            else:
+                out[:, P:P + size] = gather[offs].view(np.uint8).reshape(m, size)
+        f.write(memoryview(out).cast("B"))
+
+
 def _write_body(f, src, offsets, lengths, prefix, suffix, align):
     """Write records: prefix[i], packet i's bytes, zero padding to align, suffix[i].
 
@@ -632,6 +719,10 @@ def _write_body(f, src, offsets, lengths, prefix, suffix, align):
     pre = np.ascontiguousarray(prefix).view(np.dtype(("V", P))).reshape(n)
     suf = (np.ascontiguousarray(suffix).view(np.dtype(("V", S))).reshape(n)
            if S else None)
+    size = int(lengths[0])
+    if int(lengths.min()) == size == int(lengths.max()):
+        _write_uniform(f, src, offsets, size, pre, suf, P, S, align)
+        return
     lens = lengths.astype(np.int64)
     offs = offsets.astype(np.int64)
     cum = np.cumsum(lens)

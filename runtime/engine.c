@@ -107,6 +107,57 @@ void mb_free(struct mb_engine *eng, struct mb_packet *p)
     eng->nfree++;
 }
 
+uint32_t mb_alloc_batch(struct mb_engine *eng, struct mb_packet **out, uint32_t n)
+{
+    struct mb_packet *p = eng->free_list;
+    const uint32_t headroom = eng->headroom;
+    const uint64_t now = eng->now_ns;
+    uint32_t i, seq = eng->seq;
+    for (i = 0; i < n && p; i++) {
+        struct mb_packet *next = p->next_free;
+#ifdef MB_DEBUG
+        if (!(p->flags & MB_PKT_FREE))
+            __builtin_trap();
+#endif
+        p->next_free = 0;
+        p->data = p->head + headroom;
+        p->len = 0;
+        p->port = 0;
+        p->paint = 0;
+        p->flags = 0;
+        p->ts_ns = now;
+        p->seq = seq++;
+        p->nh = 0;
+        p->dst_ip = 0;
+        out[i] = p;
+        p = next;
+    }
+    eng->free_list = p;
+    eng->nfree -= i;
+    eng->seq = seq;
+    if (MB_UNLIKELY(i < n))
+        eng->alloc_failed++;
+    return i;
+}
+
+void mb_free_batch(struct mb_engine *eng, struct mb_packet **pkts, uint32_t n)
+{
+    struct mb_packet *head = eng->free_list;
+    uint32_t i;
+    for (i = 0; i < n; i++) {
+        struct mb_packet *p = pkts[i];
+#ifdef MB_DEBUG
+        if (p->flags & MB_PKT_FREE)
+            __builtin_trap();
+        p->flags |= MB_PKT_FREE;
+#endif
+        p->next_free = head;
+        head = p;
+    }
+    eng->free_list = head;
+    eng->nfree += n;
+}
+
 struct mb_packet *mb_clone(struct mb_engine *eng, const struct mb_packet *p)
 {
     struct mb_packet *c = mb_alloc(eng);
@@ -319,7 +370,7 @@ static const struct mb_kernel *find_kernel(const char *name,
 static int plan_parse(const uint8_t *b, uint32_t len, struct plan_view *v,
                       char *err, uint32_t errlen)
 {
-    uint32_t total, i;
+    uint32_t total, i, next_port;
     if (len < MB_PLAN_HEADER || mb_le32(b) != MB_PLAN_MAGIC) {
         set_err(err, errlen, "not a middlebox plan", 0, 0);
         return -1;
@@ -358,16 +409,19 @@ static int plan_parse(const uint8_t *b, uint32_t len, struct plan_view *v,
         set_err(err, errlen, "plan tables out of bounds", 0, 0);
         return -1;
     }
-    for (i = 0; i < v->nelem; i++) {
+    for (i = 0, next_port = 0; i < v->nelem; i++) {
         const uint8_t *r = b + v->elems_off + i * MB_PLAN_ELEM;
         uint32_t first = mb_le32(r + 16), nout = mb_le16(r + 20), j;
         uint32_t qcap = mb_le32(r + 24);
+        /* Each element's outputs follow the previous element's: no port
+         * record is shared (its count would be kept twice). */
         if (!plan_str(v, mb_le32(r)) || !plan_str(v, mb_le32(r + 4)) ||
-            !in_plan(v, mb_le32(r + 8), mb_le32(r + 12)) ||
+            !in_plan(v, mb_le32(r + 8), mb_le32(r + 12)) || first != next_port ||
             (uint64_t)first + nout > v->nport || qcap > (1u << 20)) {
             set_err(err, errlen, "plan element record out of bounds", 0, 0);
             return -1;
         }
+        next_port = first + nout;
         for (j = 0; j < nout; j++) {
             const uint8_t *pr = b + v->ports_off + (first + j) * MB_PLAN_PORT;
             uint32_t dst = mb_le32(pr);

@@ -228,6 +228,11 @@ struct mb_kernel {
 /* Engine services available to kernels (engine.c). */
 struct mb_packet *mb_alloc(struct mb_engine *eng);
 void mb_free(struct mb_engine *eng, struct mb_packet *p);
+/* Up to n fresh packets into out[], as n calls of mb_alloc would make them
+ * (stopping at the first failure, counted); returns how many. */
+uint32_t mb_alloc_batch(struct mb_engine *eng, struct mb_packet **out, uint32_t n);
+/* mb_free for each of pkts[0..n). */
+void mb_free_batch(struct mb_engine *eng, struct mb_packet **pkts, uint32_t n);
 struct mb_packet *mb_clone(struct mb_engine *eng, const struct mb_packet *p);
 int mb_fail(struct mb_elem *e, const char *msg);
 uint64_t mb_now(struct mb_engine *eng);
@@ -244,6 +249,13 @@ static inline void mb_drop(struct mb_elem *e, struct mb_packet *p)
     mb_free(e->eng, p);
 }
 
+/* mb_drop for each of pkts[0..n). */
+static inline void mb_drop_batch(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
+{
+    e->dropped += n;
+    mb_free_batch(e->eng, pkts, n);
+}
+
 /* Send p out of output port `port`; unconnected ports drop and count. */
 static inline void mb_emit(struct mb_elem *e, uint32_t port, struct mb_packet *p)
 {
@@ -258,6 +270,38 @@ static inline void mb_emit(struct mb_elem *e, uint32_t port, struct mb_packet *p
         }
     }
     mb_drop(e, p);
+}
+
+/* Send pkts[0..n) out of output `port`, in order: exactly what n calls of
+ * mb_emit(e, port, pkts[i]) do (what does not fit, or an unconnected port,
+ * is dropped and counted), with the port's checks made once. A kernel may
+ * compact the packets it keeps into its own pkts array and emit them so;
+ * to keep the order of packets sent to different outputs, emit a run
+ * before sending a packet to another port. */
+static inline void mb_emit_batch(struct mb_elem *e, uint32_t port, struct mb_packet **pkts,
+                                 uint32_t n)
+{
+    uint32_t i;
+    if (MB_LIKELY(port < e->nout)) {
+        struct mb_out *o = &e->outs[port];
+        struct mb_elem *d = o->dst;
+        if (MB_LIKELY(d != 0)) {
+            const uint32_t room = d->q.n < d->q.cap ? d->q.cap - d->q.n : 0;
+            const uint32_t m = n < room ? n : room;
+            struct mb_packet **q = d->q.pkts + d->q.n;
+            const uint16_t dp = o->dst_port;
+            for (i = 0; i < m; i++) {
+                pkts[i]->port = dp;
+                q[i] = pkts[i];
+            }
+            d->q.n += m;
+            o->count += m;
+            pkts += m;
+            n -= m;
+        }
+    }
+    for (i = 0; i < n; i++)
+        mb_drop(e, pkts[i]);
 }
 
 /* Packets output `port` can still take in this pass (unconnected: any,

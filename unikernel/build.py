@@ -27,8 +27,8 @@ ROOT_RUNTIME = HERE.parent / "runtime"
 ROOT_ELEMENTS = HERE.parent / "elements"
 
 # Guest runtime sources, in link order (boot.S first: the entry point).
-GUEST_SOURCES = ["boot.S", "main.c", "platform.c", "console.c", "clock.c", "virtio_mmio.c",
-                 "virtio_net.c", "libc.c"]
+GUEST_SOURCES = ["boot.S", "main.c", "platform.c", "console.c", "clock.c", "virtio.c",
+                 "virtio_mmio.c", "virtio_pci.c", "virtio_net.c", "libc.c"]
 # No SSE anywhere (-mgeneral-regs-only): under TCG vector code is slow to
 # translate and to run (and the boot path is mostly translation), and a
 # software KVM such as kvm_pvm emulates instructions, which it cannot do for

@@ -1,8 +1,9 @@
 /*
  * main.c - the guest: set the engine up over the plan linked into the
- * image, bind its logical devices to virtio NICs (plan device order, NICs
- * in ascending MMIO address), then poll forever, as runtime/_engine.pyx
- * does on the host:
+ * image, bind its logical devices to virtio NICs (plan device order;
+ * virtio-mmio NICs first, in ascending address, then virtio-pci ones in
+ * ascending bus:device.function), then poll forever, as
+ * runtime/_engine.pyx does on the host:
  *
  *   per NIC: up to 32 received frames -> mb_engine_rx
  *   mb_engine_pull (sources) -> mb_engine_run
@@ -17,14 +18,18 @@
 #include "guest.h"
 #include "libc.h"
 #include "platform.h"
+#include "virtio_mmio.h"
 #include "virtio_net.h"
+#include "virtio_pci.h"
 
 #define MAX_NICS 16
 #define PKT_BUF GUEST_PKT_BUF   /* packet buffer, headroom included */
 #define PKT_HEADROOM GUEST_PKT_HEADROOM
 #define CONSOLE_POLL_NS 1000000 /* look at the serial input once a ms */
 
-static struct vmmio transports[MAX_NICS];
+static struct vmmio mmio_devs[MAX_NICS];
+static struct vpci pci_devs[MAX_NICS];
+static struct vdev *transports[2 * MAX_NICS];
 static struct vnet nics[MAX_NICS];
 static struct vnet *bound[MAX_NICS];    /* per logical device, or 0 */
 static uint64_t unbound_dropped[MAX_NICS];
@@ -334,6 +339,17 @@ static uint32_t poll_console(void)
 
 /* --- set-up and the loop ------------------------------------------------------------ */
 
+/* Where a device is: "feb00000" (virtio-mmio), "pci 00:02.0 (febf4000)"
+ * (virtio-pci: its common configuration). */
+static void print_where(const struct vdev *t)
+{
+    if (t->pci < 0)
+        con_printf("%lx", t->addr);
+    else
+        con_printf("pci %02x:%02x.%x (%lx)", (uint32_t)t->pci >> 8,
+                   ((uint32_t)t->pci >> 3) & 31, (uint32_t)t->pci & 7, t->addr);
+}
+
 static void print_mac(const uint8_t *m)
 {
     con_printf("%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
@@ -350,8 +366,10 @@ static void print_info(void)
             con_puts("no NIC\n");
             continue;
         }
-        con_printf("virtio-net at %lx (%s, %u-byte header, %u/%u descriptors), mac ",
-                   (uint64_t)n->t->base, n->t->version == 2 ? "virtio 1.x" : "legacy",
+        con_puts("virtio-net at ");
+        print_where(n->t);
+        con_printf(" (%s, %u-byte header, %u/%u descriptors), mac ",
+                   n->t->modern ? "virtio 1.x" : "legacy",
                    n->hdr_len, n->rxq.size, n->txq.size);
         if (n->has_mac)
             print_mac(n->mac);
@@ -370,7 +388,8 @@ static uint32_t setup(void)
 {
     char err[MB_ERRLEN];
     struct mb_engine_opts opts;
-    uint32_t ntrans, nnet = 0, i;
+    uint32_t ntrans, nmmio, npci = 0, nnet = 0, i;
+    int pci;
     void *arena;
 
     opts.npkts = 0;             /* what the plan asks for, plus slack */
@@ -391,14 +410,25 @@ static uint32_t setup(void)
         panic(err);
     mark("engine-init");
 
-    ntrans = vmmio_discover(transports, MAX_NICS);
+    /* microvm's virtio-mmio windows are probed only where there is no
+     * PCI: on a PC that address range may belong to a PCI BAR. */
+    pci = pci_present();
+    nmmio = vmmio_discover(mmio_devs, MAX_NICS, !pci);
+    if (pci)
+        npci = vpci_discover(pci_devs, MAX_NICS);
+    for (ntrans = 0; ntrans < nmmio; ntrans++)
+        transports[ntrans] = &mmio_devs[ntrans].v;
+    for (i = 0; i < npci; i++)
+        transports[ntrans++] = &pci_devs[i].v;
     mark("discover");
     for (i = 0; i < ntrans && nnet < eng->ndev && nnet < MAX_NICS; i++) {
         const char *why = "";
-        if (transports[i].device_id != VIRTIO_ID_NET)
+        if (transports[i]->device_id != VIRTIO_ID_NET)
             continue;
-        if (vnet_init(&nics[nnet], &transports[i], PKT_BUF, &why) != 0) {
-            con_printf("middlebox: error: NIC at %lx: %s\n", (uint64_t)transports[i].base, why);
+        if (vnet_init(&nics[nnet], transports[i], PKT_BUF, &why) != 0) {
+            con_puts("middlebox: error: NIC at ");
+            print_where(transports[i]);
+            con_printf(": %s\n", why);
             platform_exit(1);
         }
         bound[nnet] = &nics[nnet];

@@ -207,6 +207,69 @@ uint64_t platform_ram(void)
     return total;
 }
 
+uint64_t platform_ram_top32(void)
+{
+    uint64_t top = 0, i;
+    for (i = 0; i < nram; i++)
+        if (ram[i].end > top)
+            top = ram[i].end;   /* ranges are clipped at 4 GiB */
+    return top;
+}
+
+/* --- mapping beyond 4 GiB ----------------------------------------------------------- */
+
+#define PTE_P 0x001ull
+#define PTE_W 0x002ull
+#define PTE_PWT 0x008ull
+#define PTE_PCD 0x010ull
+#define PTE_PS 0x080ull
+#define PTE_ADDR 0x000ffffffffff000ull
+#define TWO_MIB 0x200000ull
+
+/* The table an entry points to, made (zeroed) if absent; 0 on failure. */
+static uint64_t *next_table(uint64_t *entry)
+{
+    uint64_t *t;
+    if (*entry & PTE_P)
+        return (*entry & PTE_PS) ? 0 : (uint64_t *)(uintptr_t)(*entry & PTE_ADDR);
+    t = platform_alloc(4096, 4096);
+    if (!t)
+        return 0;
+    memset(t, 0, 4096);
+    *entry = (uint64_t)(uintptr_t)t | PTE_P | PTE_W;
+    return t;
+}
+
+int platform_map_mmio(uint64_t pa, uint64_t size)
+{
+    uint32_t r[4];
+    uint64_t end = pa + size, limit = 1ull << 36, cr3, a;
+    if (end <= FOUR_GIB)
+        return 0;               /* boot.S mapped it */
+    cpuid(0x80000000u, 0, r);
+    if (r[0] >= 0x80000008u) {
+        cpuid(0x80000008u, 0, r);
+        limit = 1ull << (r[0] & 0xff);      /* physical address bits */
+    }
+    if (limit > (1ull << 47))
+        limit = 1ull << 47;     /* the lower half of a 4-level address space */
+    if (end < pa || end > limit || sealed)
+        return -1;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    for (a = pa & ~(TWO_MIB - 1); a < end; a += TWO_MIB) {
+        uint64_t *pml4 = (uint64_t *)(uintptr_t)(cr3 & PTE_ADDR), *pdpt, *pd;
+        if (a < FOUR_GIB)
+            continue;
+        pdpt = next_table(&pml4[(a >> 39) & 511]);
+        pd = pdpt ? next_table(&pdpt[(a >> 30) & 511]) : 0;
+        if (!pd)
+            return -1;
+        pd[(a >> 21) & 511] = a | PTE_P | PTE_W | PTE_PWT | PTE_PCD | PTE_PS;
+    }
+    __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");     /* flush the TLB */
+    return 0;
+}
+
 void platform_seal(void)
 {
     sealed = 1;

@@ -31,6 +31,25 @@ static inline void outl(uint16_t port, uint32_t v)
     __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
 }
 
+static inline void outw(uint16_t port, uint16_t v)
+{
+    __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint16_t inw(uint16_t port)
+{
+    uint16_t v;
+    __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+
 static inline uint32_t mmio_read32(uintptr_t addr)
 {
     return *(volatile uint32_t *)addr;
@@ -44,6 +63,21 @@ static inline void mmio_write32(uintptr_t addr, uint32_t v)
 static inline uint8_t mmio_read8(uintptr_t addr)
 {
     return *(volatile uint8_t *)addr;
+}
+
+static inline void mmio_write8(uintptr_t addr, uint8_t v)
+{
+    *(volatile uint8_t *)addr = v;
+}
+
+static inline uint16_t mmio_read16(uintptr_t addr)
+{
+    return *(volatile uint16_t *)addr;
+}
+
+static inline void mmio_write16(uintptr_t addr, uint16_t v)
+{
+    *(volatile uint16_t *)addr = v;
 }
 
 /* Compiler barrier; full barrier (store then load ordering). */
@@ -95,6 +129,14 @@ void *platform_alloc(uint64_t size, uint64_t align);
 /* Bytes handed out so far and RAM the guest has. */
 uint64_t platform_used(void);
 uint64_t platform_ram(void);
+
+/* Highest end of RAM below 4 GiB (where a PCI window may start). */
+uint64_t platform_ram_top32(void);
+
+/* Make [pa, pa + size) reachable at the same virtual address (the first
+ * 4 GiB always are; beyond, 2 MiB pages with caching off, page tables
+ * from init-time memory). 0, or -1 when it cannot. Only before seal. */
+int platform_map_mmio(uint64_t pa, uint64_t size);
 
 /* End init: later platform_alloc calls fail. */
 void platform_seal(void);

@@ -1,11 +1,7 @@
 /*
- * virtio_mmio.c - virtio-mmio register access, feature negotiation and
- * split virtqueue set-up. Register offsets from the virtio 1.x
- * specification, section 4.2.2 (modern) and 4.2.4 (legacy).
- *
- * Rings are laid out as the legacy interface requires (descriptors, then
- * the available ring, then the used ring on the next 4 KiB boundary),
- * which also satisfies the modern interface's alignment rules.
+ * virtio_mmio.c - virtio-mmio register access behind struct vdev_ops.
+ * Register offsets from the virtio 1.x specification, section 4.2.2
+ * (modern) and 4.2.4 (legacy).
  */
 #include "virtio_mmio.h"
 #include "libc.h"
@@ -36,38 +32,132 @@
 #define R_CONFIG 0x100
 
 #define MAGIC 0x74726976u           /* "virt" */
-#define S_ACKNOWLEDGE 1
-#define S_DRIVER 2
-#define S_DRIVER_OK 4
-#define S_FEATURES_OK 8
-#define S_FAILED 128
-
 #define MICROVM_BASE 0xfeb00000u
 #define MICROVM_STRIDE 0x200u
 #define MICROVM_SLOTS 24
 #define PAGE 4096u
 
-static uint32_t rd(const struct vmmio *d, uint32_t reg)
+#define M(d) ((struct vmmio *)(d))
+
+static uint32_t rd(const struct vmmio *m, uint32_t reg)
 {
-    return mmio_read32(d->base + reg);
+    return mmio_read32(m->base + reg);
 }
 
-static void wr(const struct vmmio *d, uint32_t reg, uint32_t v)
+static void wr(const struct vmmio *m, uint32_t reg, uint32_t v)
 {
-    mmio_write32(d->base + reg, v);
+    mmio_write32(m->base + reg, v);
 }
 
-/* A transport at base with a device behind it: fill d, return 1. */
-static int probe(uintptr_t base, struct vmmio *d)
+/* --- operations ------------------------------------------------------------- */
+
+static uint8_t op_status(struct vdev *d)
 {
-    d->base = base;
-    if (rd(d, R_MAGIC) != MAGIC)
+    return (uint8_t)rd(M(d), R_STATUS);
+}
+
+static void op_set_status(struct vdev *d, uint8_t s)
+{
+    wr(M(d), R_STATUS, s);
+}
+
+static uint64_t op_features(struct vdev *d)
+{
+    struct vmmio *m = M(d);
+    uint64_t f;
+    wr(m, R_DEVICE_FEATURES_SEL, 0);
+    f = rd(m, R_DEVICE_FEATURES);
+    if (m->version == 2) {
+        wr(m, R_DEVICE_FEATURES_SEL, 1);
+        f |= (uint64_t)rd(m, R_DEVICE_FEATURES) << 32;
+    }
+    return f;
+}
+
+static void op_set_features(struct vdev *d, uint64_t f)
+{
+    struct vmmio *m = M(d);
+    wr(m, R_DRIVER_FEATURES_SEL, 0);
+    wr(m, R_DRIVER_FEATURES, (uint32_t)f);
+    if (m->version == 2) {
+        wr(m, R_DRIVER_FEATURES_SEL, 1);
+        wr(m, R_DRIVER_FEATURES, (uint32_t)(f >> 32));
+    } else {
+        wr(m, R_GUEST_PAGE_SIZE, PAGE);     /* legacy: before any queue */
+    }
+}
+
+static uint32_t op_queue_max(struct vdev *d, uint16_t index)
+{
+    struct vmmio *m = M(d);
+    wr(m, R_QUEUE_SEL, index);
+    if (m->version == 2 && rd(m, R_QUEUE_READY))
         return 0;
-    d->version = rd(d, R_VERSION);
-    d->device_id = rd(d, R_DEVICE_ID);
-    d->features = 0;
-    d->notifies = 0;
-    return (d->version == 1 || d->version == 2) && d->device_id != 0;
+    return rd(m, R_QUEUE_NUM_MAX);
+}
+
+static int op_queue_set(struct vdev *d, struct virtq *q)
+{
+    struct vmmio *m = M(d);
+    wr(m, R_QUEUE_SEL, q->index);
+    wr(m, R_QUEUE_NUM, q->size);
+    q->notify = m->base + R_QUEUE_NOTIFY;
+    if (m->version == 2) {
+        uint64_t a = (uintptr_t)q->desc, b = (uintptr_t)q->avail, c = (uintptr_t)q->used;
+        wr(m, R_QUEUE_DESC_LO, (uint32_t)a);
+        wr(m, R_QUEUE_DESC_HI, (uint32_t)(a >> 32));
+        wr(m, R_QUEUE_DRIVER_LO, (uint32_t)b);
+        wr(m, R_QUEUE_DRIVER_HI, (uint32_t)(b >> 32));
+        wr(m, R_QUEUE_DEVICE_LO, (uint32_t)c);
+        wr(m, R_QUEUE_DEVICE_HI, (uint32_t)(c >> 32));
+        wr(m, R_QUEUE_READY, 1);
+    } else {
+        /* The rings are one block from the descriptors on (virtio.c). */
+        wr(m, R_QUEUE_ALIGN, PAGE);
+        wr(m, R_QUEUE_PFN, (uint32_t)((uintptr_t)q->desc / PAGE));
+    }
+    return 0;
+}
+
+static void op_notify(struct vdev *d, struct virtq *q)
+{
+    (void)d;
+    mmio_write32(q->notify, q->index);      /* a 32-bit register */
+}
+
+static uint8_t op_config8(struct vdev *d, uint32_t off)
+{
+    return off < 0x100 ? mmio_read8(M(d)->base + R_CONFIG + off) : 0;
+}
+
+static const struct vdev_ops mmio_ops = {
+    .status = op_status,
+    .set_status = op_set_status,
+    .features = op_features,
+    .set_features = op_set_features,
+    .queue_max = op_queue_max,
+    .queue_set = op_queue_set,
+    .notify = op_notify,
+    .config8 = op_config8,
+};
+
+/* --- discovery ----------------------------------------------------------------- */
+
+/* A transport at base with a device behind it: fill m, return 1. */
+static int probe(uintptr_t base, struct vmmio *m)
+{
+    m->base = base;
+    if (rd(m, R_MAGIC) != MAGIC)
+        return 0;
+    m->version = rd(m, R_VERSION);
+    m->v.ops = &mmio_ops;
+    m->v.device_id = rd(m, R_DEVICE_ID);
+    m->v.modern = m->version == 2;
+    m->v.addr = base;
+    m->v.pci = -1;
+    m->v.features = 0;
+    m->v.notifies = 0;
+    return (m->version == 1 || m->version == 2) && m->v.device_id != 0;
 }
 
 /* "<size>[KMG]@<base>:<irq>[:<id>]" -> base address, or 0. */
@@ -85,7 +175,7 @@ static uintptr_t parse_device(const char *s)
     return (uintptr_t)base;
 }
 
-uint32_t vmmio_discover(struct vmmio *out, uint32_t max)
+uint32_t vmmio_discover(struct vmmio *out, uint32_t max, int probe_windows)
 {
     char buf[96];
     uint32_t n = 0, i, j, k;
@@ -97,7 +187,7 @@ uint32_t vmmio_discover(struct vmmio *out, uint32_t max)
         if (base && !dup && probe(base, &out[n]))
             n++;
     }
-    if (k == 0)     /* nothing announced: try microvm's fixed windows */
+    if (k == 0 && probe_windows)    /* nothing announced: microvm's fixed windows */
         for (i = 0; i < MICROVM_SLOTS && n < max; i++)
             if (probe(MICROVM_BASE + i * MICROVM_STRIDE, &out[n]))
                 n++;
@@ -109,110 +199,4 @@ uint32_t vmmio_discover(struct vmmio *out, uint32_t max)
         out[j] = t;
     }
     return n;
-}
-
-int vmmio_negotiate(struct vmmio *d, uint64_t want)
-{
-    uint64_t offered;
-    wr(d, R_STATUS, 0);     /* reset */
-    wr(d, R_STATUS, S_ACKNOWLEDGE);
-    wr(d, R_STATUS, S_ACKNOWLEDGE | S_DRIVER);
-    wr(d, R_DEVICE_FEATURES_SEL, 0);
-    offered = rd(d, R_DEVICE_FEATURES);
-    if (d->version == 2) {
-        wr(d, R_DEVICE_FEATURES_SEL, 1);
-        offered |= (uint64_t)rd(d, R_DEVICE_FEATURES) << 32;
-        if (!(offered & (1ull << VIRTIO_F_VERSION_1)))
-            return -1;
-    } else {
-        want &= 0xffffffffull;  /* a legacy device has 32 feature bits */
-    }
-    d->features = offered & want;
-    wr(d, R_DRIVER_FEATURES_SEL, 0);
-    wr(d, R_DRIVER_FEATURES, (uint32_t)d->features);
-    if (d->version == 2) {
-        wr(d, R_DRIVER_FEATURES_SEL, 1);
-        wr(d, R_DRIVER_FEATURES, (uint32_t)(d->features >> 32));
-        wr(d, R_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-        if (!(rd(d, R_STATUS) & S_FEATURES_OK))
-            return -1;
-    } else {
-        wr(d, R_GUEST_PAGE_SIZE, PAGE);
-    }
-    return 0;
-}
-
-int vmmio_queue(struct vmmio *d, uint16_t index, uint16_t max_size, struct virtq *q)
-{
-    uint32_t qmax, size = 1, avail_bytes, used_off, total;
-    uint8_t *mem;
-    wr(d, R_QUEUE_SEL, index);
-    qmax = rd(d, R_QUEUE_NUM_MAX);
-    if (qmax == 0)
-        return -1;
-    if (d->version == 2 && rd(d, R_QUEUE_READY))
-        return -1;
-    while (size * 2 <= qmax && size * 2 <= max_size)
-        size *= 2;
-    avail_bytes = 6 + 2 * size;
-    used_off = (16 * size + avail_bytes + PAGE - 1) & ~(PAGE - 1);
-    total = used_off + ((6 + 8 * size + PAGE - 1) & ~(PAGE - 1));
-    mem = platform_alloc(total, PAGE);
-    if (!mem)
-        return -1;
-    memset(mem, 0, total);
-    q->size = (uint16_t)size;
-    q->index = index;
-    q->avail_idx = 0;
-    q->last_used = 0;
-    q->desc = (struct vq_desc *)mem;
-    q->avail = (struct vq_avail *)(mem + 16 * size);
-    q->used = (struct vq_used *)(mem + used_off);
-    q->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;   /* we poll */
-    wr(d, R_QUEUE_NUM, size);
-    if (d->version == 2) {
-        uint64_t a = (uintptr_t)q->desc, b = (uintptr_t)q->avail, c = (uintptr_t)q->used;
-        wr(d, R_QUEUE_DESC_LO, (uint32_t)a);
-        wr(d, R_QUEUE_DESC_HI, (uint32_t)(a >> 32));
-        wr(d, R_QUEUE_DRIVER_LO, (uint32_t)b);
-        wr(d, R_QUEUE_DRIVER_HI, (uint32_t)(b >> 32));
-        wr(d, R_QUEUE_DEVICE_LO, (uint32_t)c);
-        wr(d, R_QUEUE_DEVICE_HI, (uint32_t)(c >> 32));
-        wr(d, R_QUEUE_READY, 1);
-    } else {
-        wr(d, R_QUEUE_ALIGN, PAGE);
-        wr(d, R_QUEUE_PFN, (uint32_t)((uintptr_t)mem / PAGE));
-    }
-    return 0;
-}
-
-void vmmio_ready(struct vmmio *d)
-{
-    uint32_t s = S_ACKNOWLEDGE | S_DRIVER | S_DRIVER_OK;
-    if (d->version == 2)
-        s |= S_FEATURES_OK;
-    wr(d, R_STATUS, s);
-}
-
-void vmmio_fail(struct vmmio *d)
-{
-    wr(d, R_STATUS, rd(d, R_STATUS) | S_FAILED);
-}
-
-uint8_t vmmio_config8(struct vmmio *d, uint32_t off)
-{
-    return mmio_read8(d->base + R_CONFIG + off);
-}
-
-void vmmio_publish(struct vmmio *d, struct virtq *q)
-{
-    uint16_t flags;
-    barrier();      /* ring entries before the index (x86: stores in order) */
-    *(volatile uint16_t *)&q->avail->idx = q->avail_idx;
-    mb_full();      /* the index is visible before we read the device's flags */
-    flags = *(volatile uint16_t *)&q->used->flags;
-    if (!(flags & VRING_USED_F_NO_NOTIFY)) {
-        wr(d, R_QUEUE_NOTIFY, q->index);
-        d->notifies++;
-    }
 }

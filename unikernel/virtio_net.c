@@ -12,7 +12,7 @@
 #define F_MAC 5
 #define F_MRG_RXBUF 15
 
-int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **why)
+int vnet_init(struct vnet *n, struct vdev *t, uint32_t max_frame, const char **why)
 {
     uint64_t want = (1ull << VIRTIO_F_VERSION_1) | (1ull << F_MAC) | (1ull << F_MRG_RXBUF);
     uint32_t i;
@@ -22,16 +22,16 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
         *why = "not a network device";
         return -1;
     }
-    if (vmmio_negotiate(t, want) != 0) {
+    if (virtio_negotiate(t, want) != 0) {
         *why = "feature negotiation failed";
-        vmmio_fail(t);
+        virtio_fail(t);
         return -1;
     }
     n->mergeable = !!(t->features & (1ull << F_MRG_RXBUF));
     n->hdr_len = (t->features & (1ull << VIRTIO_F_VERSION_1)) || n->mergeable ? 12 : 10;
-    if (vmmio_queue(t, 0, VNET_RING, &n->rxq) || vmmio_queue(t, 1, VNET_RING, &n->txq)) {
+    if (virtio_queue(t, 0, VNET_RING, &n->rxq) || virtio_queue(t, 1, VNET_RING, &n->txq)) {
         *why = "no memory for its rings (give the VM more with --mem), or a queue is missing";
-        vmmio_fail(t);
+        virtio_fail(t);
         return -1;
     }
     n->txstride = (n->hdr_len + max_frame + 63) & ~63u;
@@ -41,7 +41,7 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
     n->tx_busy = platform_alloc(n->txq.size, 8);
     if (!n->rxbuf || !n->txbuf || !n->tx_free || !n->tx_busy) {
         *why = "not enough memory for its buffers (give the VM more with --mem)";
-        vmmio_fail(t);
+        virtio_fail(t);
         return -1;
     }
     for (i = 0; i < n->rxq.size; i++) {
@@ -61,12 +61,12 @@ int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **
     n->ntx_free = n->txq.size;
     if (t->features & (1ull << F_MAC)) {
         for (i = 0; i < 6; i++)
-            n->mac[i] = vmmio_config8(t, i);
+            n->mac[i] = virtio_config8(t, i);
         n->has_mac = 1;
     }
-    vmmio_ready(t);
+    virtio_ready(t);
     /* Hand the receive buffers over (the device may want a notification). */
-    vmmio_publish(t, &n->rxq);
+    virtio_publish(t, &n->rxq);
     return 0;
 }
 
@@ -118,7 +118,7 @@ uint32_t vnet_rx(struct vnet *n, struct mb_engine *eng, struct mb_packet **pkts,
         recycled++;
     }
     if (recycled)
-        vmmio_publish(n->t, q);
+        virtio_publish(n->t, q);
     n->st.rx += got;
     return got;
 }
@@ -167,6 +167,6 @@ void vnet_tx(struct vnet *n, struct mb_packet *const *pkts, uint32_t cnt)
         placed++;
     }
     if (placed)
-        vmmio_publish(n->t, q);
+        virtio_publish(n->t, q);
     n->st.tx += placed;
 }

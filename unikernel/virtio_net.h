@@ -13,7 +13,7 @@
 #define UK_VIRTIO_NET_H
 
 #include "engine.h"
-#include "virtio_mmio.h"
+#include "virtio.h"
 
 #define VNET_RING 256           /* most descriptors per queue */
 #define VNET_BUF 2048           /* bytes per receive buffer, header included */
@@ -31,7 +31,7 @@ struct vnet_stats {
 };
 
 struct vnet {
-    struct vmmio *t;
+    struct vdev *t;             /* any transport */
     uint8_t mac[6];
     int has_mac;
     uint32_t hdr_len;           /* virtio-net header in front of frames */
@@ -49,7 +49,7 @@ struct vnet {
 
 /* Bring device t up as a NIC whose transmit buffers hold frames of up to
  * max_frame bytes. 0, or -1 with a reason in *why. */
-int vnet_init(struct vnet *n, struct vmmio *t, uint32_t max_frame, const char **why);
+int vnet_init(struct vnet *n, struct vdev *t, uint32_t max_frame, const char **why);
 
 /* Copy up to max received frames into packets from eng's pool; buffers go
  * back on the ring at once. Returns the number of packets in pkts. */
