@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine (as root):
-#   make demo   installs everything, then runs the classifier graph on a trace
+#   make demo   installs everything, runs the firewall graph over a trace,
+#               then builds it into a VM and sends traffic through it
 #   make test   installs everything, then runs the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -47,12 +48,15 @@ setup: debian $(BUILT)
 
 demo: setup
 	@mkdir -p $(OUT)
-	$(BIN)/middlebox check graphs/classifier.yaml
-	$(BIN)/middlebox show graphs/classifier.yaml -o $(OUT)/classifier.png
-	$(BIN)/middlebox run graphs/classifier.yaml --in lan=graphs/traces/lan.pcap --out wan=$(OUT)/wan.pcap
-	$(BIN)/python -c "from scapy.all import rdpcap; ps = rdpcap('$(OUT)/wan.pcap'); \
-	  print(f'$(OUT)/wan.pcap: {len(ps)} packets, first: {ps[0].summary()}')"
+	$(BIN)/middlebox check graphs/firewall.yaml
+	$(BIN)/middlebox show graphs/firewall.yaml -o $(OUT)/firewall.png
+	$(BIN)/middlebox run graphs/firewall.yaml \
+	  --in lan=tests/fixtures/firewall_lan.pcap --in wan=tests/fixtures/firewall_wan.pcap \
+	  --out lan=$(OUT)/to-lan.pcap --out wan=$(OUT)/to-wan.pcap
+	$(BIN)/python -c "from scapy.all import rdpcap; ps = rdpcap('$(OUT)/to-wan.pcap'); \
+	  print(f'$(OUT)/to-wan.pcap: {len(ps)} packets, first: {ps[0].summary()}')"
 	$(BIN)/python bench/classifier.py --packets 2000000
+	$(BIN)/python -m middlebox.unikernel.demo --out $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,10 @@ uses, NICs on loopback UDP sockets) it measures, on the host:
   launch -> ready line        the guest printed "middlebox: NAME ready in N us"
   launch -> first frame       a frame sent to the lan NIC (every 0.2 ms from
                               launch on) came out of the wan NIC, forwarded
+                              (--probe arp:IP: an ARP query for IP sent to
+                              the lan NIC was answered on it, for graphs
+                              such as the firewall that forward nothing
+                              from an unknown host)
 and, inside the guest, the N of the ready line (guest entry to polling loop).
 The same launches (same machine, same NICs) of a trivial guest that prints
 one line and powers off (bench/trivial_guest.S) show QEMU's own share. Also: image sizes, guest
@@ -14,6 +18,8 @@ Writes bench/results/boot.json.
 
     python bench/boot.py [--boots 20] [--graph graphs/classifier.yaml] [--accel auto]
                          [--machine microvm|q35 [--firmware seabios|qboot]]
+                         [--probe forward|arp:IP]
+    python bench/boot.py --graph graphs/firewall.yaml --probe arp:10.0.0.1
 
 --machine q35 boots a PC (firmware, then virtio-pci NICs) instead of microvm.
 """
@@ -34,7 +40,7 @@ import tempfile
 import time
 
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 
 from middlebox.unikernel import build, qemu
 
@@ -73,8 +79,17 @@ def free_port():
     return port
 
 
+def probe_frame(probe):
+    """(frame, answered on the lan NIC?) for --probe forward|arp:IP."""
+    if probe.startswith("arp:"):
+        return bytes(Ether(src="02:00:00:00:00:99", dst="ff:ff:ff:ff:ff:ff")
+                     / ARP(op=1, hwsrc="02:00:00:00:00:99", psrc="0.0.0.0",
+                           pdst=probe[4:])), True
+    return bytes(Ether() / IP(dst="10.0.1.1") / UDP(dport=9) / b"first"), False
+
+
 def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
-                   machine="microvm", firmware=None):
+                   machine="microvm", firmware=None, probe="forward"):
     """One launch: (ready host ms, ready in-guest us, first frame host ms, extra)."""
     tx, rx = udp_socket(), udp_socket()
     q_lan, q_wan = free_port(), free_port()
@@ -83,7 +98,8 @@ def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
     cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append, machine=machine,
                        firmware=firmware)
     cmd[0] = qemu.qemu_path()
-    frame = bytes(Ether() / IP(dst="10.0.1.1") / UDP(dport=9) / b"first")
+    frame, same_nic = probe_frame(probe)
+    answer = tx if same_nic else rx
     extra = {}
     with qemu.Guest(cmd) as g:
         t0 = g.t_start
@@ -94,9 +110,9 @@ def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
             if now > deadline:
                 raise TimeoutError("no frame forwarded")
             tx.sendto(frame, ("127.0.0.1", q_lan))
-            r, _, _ = select.select([rx], [], [], 0.0002)
+            r, _, _ = select.select([answer], [], [], 0.0002)
             if r:
-                rx.recv(65536)
+                answer.recv(65536)
                 first = time.perf_counter()
         name, us, ready_s = g.wait_ready(timeout)
         if append:
@@ -165,6 +181,9 @@ def main(argv=None):
     ap.add_argument("--mem", default="auto", help="guest RAM (auto: what the image asks for)")
     ap.add_argument("--machine", default="microvm", choices=("microvm", "q35"))
     ap.add_argument("--firmware", choices=("seabios", "qboot"), help="q35 only")
+    ap.add_argument("--probe", default="forward",
+                    help="first frame: forward (UDP lan -> wan) or arp:IP (ARP query "
+                         "for IP answered on lan)")
     ap.add_argument("--json", default=str(HERE / "results" / "boot.json"))
     args = ap.parse_args(argv)
 
@@ -177,7 +196,7 @@ def main(argv=None):
         ready, guest_us, first, t_line, t_exit = [], [], [], [], []
         for i in range(args.boots):
             r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
-                                         firmware=args.firmware)
+                                         firmware=args.firmware, probe=args.probe)
             ready.append(r)
             guest_us.append(us)
             first.append(f)
@@ -187,7 +206,7 @@ def main(argv=None):
             t_exit.append(b)
         _, _, _, traced = boot_middlebox(built.path, accel, args.mem, append="mb.trace",
                                          want_info=True, machine=args.machine,
-                                         firmware=args.firmware)
+                                         firmware=args.firmware, probe=args.probe)
     res = {
         "bench": "boot",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -204,6 +223,7 @@ def main(argv=None):
             "kernels": built.kernels,
             "launch_to_ready_ms": summary(ready),
             "launch_to_first_frame_ms": summary(first),
+            "probe": args.probe,
             "in_guest_ready_us": summary(guest_us, 0),
             "in_guest_trace_us": traced.get("trace"),
             "memory_kib": traced.get("memory_kib"),

@@ -30,16 +30,18 @@ README = HERE / "README.md"
 sys.path.insert(0, str(HERE))
 
 # Targets, by graph file stem (prefix match): Mpps and where it comes from.
-# Issue #5 sets 5 Mpps for the firewall replay; for the forwarding graphs it
-# quotes Click 2.1 userlevel on this machine kind, the figure to beat.
-CLICK = "Click 2.1 userlevel (issue #5)"
+# Issue #5 asks for twice Click 2.1 userlevel's rate on this machine kind
+# and no less than Click's lean figure (timestamps and counters off); it
+# sets 5 Mpps for the firewall replay.  The Click figure is kept in the
+# JSON beside the target.
+ISSUE = "issue #5 (Click 2.1: {click} Mpps)"
 TARGETS = {
     "classifier-python": None,
-    "classifier": (12.3, CLICK),
-    "ippath": (10.4, CLICK),           # Click's IP router path
-    "nat-1k": (4.4, CLICK),
-    "nat-churn": (3.0, CLICK),
-    "lb-1k": (4.4, CLICK),
+    "classifier": (25.0, ISSUE.format(click=12.3)),
+    "ippath-3": (36.0, ISSUE.format(click="10.4, lean 36")),
+    "nat-1k": (9.0, ISSUE.format(click=4.4)),
+    "nat-churn": (6.0, ISSUE.format(click=3.0)),
+    "lb-1k": (9.0, ISSUE.format(click=4.4)),
     "replay": (5.0, "issue #5: firewall, 1M-packet pcap, end to end"),
 }
 

@@ -23,22 +23,33 @@ in xstat[1] and packets sent to DENY in xstat[2].
 
 Plan layout (little-endian), read by classifier_init():
 
-    header  u32 version (3)
+    header  u32 version (4)
             u16 noutputs, u16 flags     (FLAG_IP = 1)
             u32 nnodes, i32 entry
     node    u32 where       bits 0-23 offset, aligned down to 4;
-                            bits 24-31 base (0 unless FLAG_IP)
+                            bits 24-30 base (0 unless FLAG_IP);
+                            bit 31: a switch node (below), else a test
             u32 need        the test fails unless the base's length >= need
             u32 mask        big-endian word semantics: byte offset+0 is the
             u32 value           most significant byte; value & ~mask == 0
             i32 yes, no     targets: >= 0 a later node, -(k+1) output k,
                             DROP (INT32_MIN) no pattern matched: dropped,
                             DENY (INT32_MIN + 1) dropped by a rule
+    cases   the rest of the bytes: u32 value, i32 target per case
+
+A switch node (bit 31 of `where`) decides many equalities of one masked
+word at once: `value` is the index of its first case, `yes` the number of
+cases (at least 1), `no` the target when the base is shorter than `need`
+or the masked word equals no case's value. Its cases have strictly
+increasing values inside the mask and targets that, like every target,
+point forward; switches take the cases in node order, each the run after
+the previous one's, all of them. The kernel builds each switch a hash
+table when it loads the program.
 
 A node's targets always point to later nodes, so a walk ends after at most
-nnodes tests; the kernel checks that (and every other field) at init.
+nnodes nodes; the kernel checks that (and every other field) at init.
 (Version 2 was never used: it is the "unknown version" the Classifier tests
-probe with.)
+probe with. Version 3 was the same layout without switch nodes and cases.)
 """
 
 import bisect
@@ -46,7 +57,7 @@ import struct
 
 from middlebox.element import Element, List, Param, Str
 
-VERSION = 3
+VERSION = 4
 DROP = -0x80000000
 DENY = -0x80000000 + 1
 FLAG_IP = 1
@@ -58,6 +69,8 @@ INFINITY = float("inf")
 MAX_OFFSET = 65535
 HEADER = struct.Struct("<IIIi")
 NODE = struct.Struct("<IIIIii")
+CASE = struct.Struct("<Ii")
+SWITCH_BIT = 1 << 31
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -78,6 +91,39 @@ class Test(tuple):
     value = property(lambda t: t[3])
     base = property(lambda t: t[4])
     where = property(lambda t: (t[4], t[0]))
+
+
+class Switch(tuple):
+    """A multiway test on one word: (offset, need, mask, base, values).
+
+    It goes to the target of the value the masked word equals, or to its
+    default when the base is shorter than `need` or no value is equal: so
+    case v holds exactly when Test(offset, need, mask, v, base) would, and
+    the default exactly when every such test fails. `values` are sorted."""
+
+    __slots__ = ()
+
+    def __new__(cls, off, need, mask, base, values):
+        return tuple.__new__(cls, (off, need, mask, base, tuple(values)))
+
+    off = property(lambda t: t[0])
+    need = property(lambda t: t[1])
+    mask = property(lambda t: t[2])
+    base = property(lambda t: t[3])
+    values = property(lambda t: t[4])
+    where = property(lambda t: (t[3], t[0]))
+
+    def test(self, value):
+        """The equality test case `value` stands for."""
+        return Test(self.off, self.need, self.mask, value, self.base)
+
+
+def successors(node):
+    """The targets of a node (Test, yes, no) or (Switch, targets, default)."""
+    test, yes, no = node
+    if isinstance(test, Switch):
+        return yes + (no,)
+    return (yes, no)
 
 
 class Clause:
@@ -260,13 +306,17 @@ class Knowledge:
     def fails(self, t):
         return Knowledge(self.lmin, self.lmax, self.known, self.false | {t})
 
-    def key(self, wheres, needs):
+    def key(self, wheres, needs, tests=None):
         """A key equal for two states that decide every test left alike.
 
         wheres/needs: the (base, offset)s of the tests still to come, and
-        per base the sorted needs of those tests. Facts about other words
-        are dropped, and lmin/lmax are rounded to the needs that can still
-        be compared with them.
+        per base the sorted needs of those tests; tests: per such word, the
+        tests still to come on it. Facts about other words are dropped, and
+        lmin/lmax are rounded to the needs that can still be compared with
+        them. A word whose tests left are all decided is keyed by their
+        outcomes, not by the facts that decide them: no test will read it
+        again, so nothing more is learnt about it (after a switch, every
+        case whose value no test left asks for meets the same key).
         """
         false = frozenset(f for f in self.false if f.where in wheres)
         lmins, lmaxs = [], []
@@ -279,8 +329,18 @@ class Knowledge:
             lmins.append(nb[i - 1] if i else 0)
             j = bisect.bisect_left(nb, self.lmax[b])
             lmaxs.append(nb[j] if j < len(nb) else INFINITY)
-        known = frozenset((o, mv) for o, mv in self.known.items() if o in wheres)
-        return tuple(lmins), tuple(lmaxs), known, false
+        known = {o: mv for o, mv in self.known.items() if o in wheres}
+        decided = {}
+        if tests:
+            for w in set(known).union(f.where for f in false):
+                outcomes = tuple(self.implies(t) for t in tests[w])
+                if None not in outcomes:
+                    decided[w] = outcomes
+                    known.pop(w, None)
+            if decided:
+                false = frozenset(f for f in false if f.where not in decided)
+        return (tuple(lmins), tuple(lmaxs), frozenset(known.items()), false,
+                frozenset(decided.items()))
 
 
 class _TooBig(Exception):
@@ -294,12 +354,17 @@ class Program:
     post-order, children before parents), -(k+1) output k, or DROP.
     """
 
-    def __init__(self, steps, targets=None, start=None):
+    def __init__(self, steps, targets=None, start=None, switch_min=0):
         self.steps = steps          # per pattern: list of steps, or None
         # where a packet goes when pattern p matches (default: output p)
         self.targets = targets or [-(p + 1) for p in range(len(steps))]
         self.start = start or Knowledge()   # what holds for every packet
-        self.nodes = []             # (Test, yes, no) in post-order
+        # (Test, yes, no) or (Switch, (target per value), default), in post-order
+        self.nodes = []
+        self.size = 0               # nodes plus switch cases
+        # the shared compiler makes a switch where a word is compared with
+        # at least this many values still undecided (0: never)
+        self.switch_min = switch_min
         self._ids = {}
 
     def _node(self, test, yes, no):
@@ -310,7 +375,20 @@ class Program:
         if nid is None:
             nid = self._ids[key] = len(self.nodes)
             self.nodes.append(key)
+            self.size += 1 + (len(yes) if isinstance(test, Switch) else 0)
         return nid
+
+    def _switch(self, sw, targets, default):
+        """A switch node, without the cases that go where the default goes
+        (a single case left is an equality test; none, the default)."""
+        cases = [(v, t) for v, t in zip(sw.values, targets) if t != default]
+        if not cases:
+            return default
+        if len(cases) == 1:
+            (v, t), = cases
+            return self._node(sw.test(v), t, default)
+        sw = Switch(sw.off, sw.need, sw.mask, sw.base, [v for v, _ in cases])
+        return self._node(sw, tuple(t for _, t in cases), default)
 
     def build_chain(self):
         """One node per step, pattern after pattern: size linear in the input."""
@@ -333,14 +411,20 @@ class Program:
         """A decision DAG that never repeats a test whose outcome is known.
 
         Each path carries what its tests have shown (Knowledge); a test whose
-        outcome follows is skipped. Subprograms reached with equivalent
+        outcome follows is skipped. With switch_min, where the patterns left
+        compare the word of the next test with at least that many values the
+        path has not decided, a Switch decides them all at once: each case
+        (and the default) goes on knowing what it showed, so every later
+        test of those values is skipped. Subprograms reached with equivalent
         knowledge are shared, and identical nodes are merged. Raises _TooBig
-        past `limit` nodes or 4 x `limit` steps of work.
+        past `limit` nodes and switch cases, or 4 x `limit` steps looked at
+        (256 x with switches).
         """
         npat = len(self.steps)
-        # Words and needs of the tests from (pattern p, step s) on.
+        # Words, needs and (per word) tests of the steps from (pattern p,
+        # step s) on.
         rest = {}
-        wheres, needs = frozenset(), ((),) * NBASES
+        wheres, needs, tests = frozenset(), ((),) * NBASES, {}
         for p in reversed(range(npat)):
             for s in reversed(range(len(self.steps[p] or ()))):
                 t = self.steps[p][s][0]
@@ -349,39 +433,97 @@ class Program:
                 if t.need not in needs[t.base]:
                     nb = tuple(sorted(needs[t.base] + (t.need,)))
                     needs = needs[:t.base] + (nb,) + needs[t.base + 1:]
-                rest[p, s] = (wheres, needs)
+                if t not in tests.get(t.where, ()):
+                    tests = dict(tests)
+                    tests[t.where] = tests.get(t.where, ()) + (t,)
+                rest[p, s] = (wheres, needs, tests)
+        # Per pattern p: {(base, offset, need): {(mask, value), ...}} of the
+        # tests in patterns p and after (what a switch can decide).
+        fields = [None] * (npat + 1)
+        acc = {}
+        fields[npat] = acc
+        if self.switch_min:
+            for p in reversed(range(npat)):
+                acc = {f: set(vs) for f, vs in acc.items()}
+                for t, _, _ in self.steps[p] or ():
+                    if t.mask:
+                        acc.setdefault((t.base, t.off, t.need), set()).add((t.mask, t.value))
+                fields[p] = acc
         memo = {}
-        work = [4 * limit]
+        # A unit of work is one step looked at. Switches split a path in
+        # many, each of which walks the patterns left (mostly steps its case
+        # decides, which cost no node): much more work for the same size of
+        # program.
+        work = [(256 if self.switch_min else 4) * limit]
 
         def build(p, s, k):
-            while p < npat and self.steps[p] is None:
-                p, s = p + 1, 0
-            if p == npat:
-                return DROP
-            steps = self.steps[p]
-            if s == len(steps):
-                return self.targets[p]
+            # Steps whose outcome k decides are followed without a node (or
+            # a memo entry: the next undecided step has one).
+            while True:
+                while p < npat and self.steps[p] is None:
+                    p, s = p + 1, 0
+                if p == npat:
+                    return DROP
+                steps = self.steps[p]
+                if s == len(steps):
+                    return self.targets[p]
+                work[0] -= 1
+                if work[0] < 0:
+                    raise _TooBig()
+                test, yes, no = steps[s]
+                outcome = k.implies(test)
+                if outcome is None:
+                    break
+                nxt = yes if outcome else no
+                p, s = (p, nxt) if nxt is not None else (p + 1, 0)
             key = (p, s, k.key(*rest[p, s]))
             if key in memo:
                 return memo[key]
-            work[0] -= 1
-            if work[0] < 0:
-                raise _TooBig()
-            test, yes, no = steps[s]
-            outcome = k.implies(test)
-            if outcome is True:
-                r = build(p, yes, k) if yes is not None else build(p + 1, 0, k)
-            elif outcome is False:
-                r = build(p, no, k) if no is not None else build(p + 1, 0, k)
+            sw = switch(p, test, k)
+            if sw is not None:
+                # Each case, then the default, knowing what it shows; the
+                # test at (p, s) is decided in every one of them.
+                cases = [sw.test(v) for v in sw.values]
+                targets = tuple(build(p, s, k.holds(c)) for c in cases)
+                kd = k
+                for c in cases:
+                    kd = kd.fails(c)
+                r = self._switch(sw, targets, build(p, s, kd))
             else:
                 kt, kf = k.holds(test), k.fails(test)
                 y = build(p, yes, kt) if yes is not None else build(p + 1, 0, kt)
                 n = build(p, no, kf) if no is not None else build(p + 1, 0, kf)
                 r = self._node(test, y, n)
-                if len(self.nodes) > limit:
-                    raise _TooBig()
+            if self.size > limit:
+                raise _TooBig()
             memo[key] = r
             return r
+
+        def switch(p, test, k):
+            """A Switch on test's word, if patterns p and after compare it
+            with enough values this path has not decided: under test's mask
+            if they are enough, else under the bits that test shares with
+            every undecided test it overlaps (a prefix shared by networks
+            of several lengths, say). None if there is no such switch."""
+            if not self.switch_min or not test.mask:
+                return None
+            tests = fields[p].get((test.base, test.off, test.need), ())
+            if len(tests) < self.switch_min:
+                return None
+
+            def undecided(mask, value):
+                return k.implies(Test(test.off, test.need, mask, value, test.base)) is None
+
+            live = [(m, v) for m, v in tests if m & test.mask and undecided(m, v)]
+            values = sorted({v for m, v in live if m == test.mask})
+            mask = test.mask
+            if len(values) < self.switch_min:
+                for m, _ in live:
+                    mask &= m
+                values = sorted(c for c in {v & mask for _, v in live} if undecided(mask, c))
+            if not mask or len(values) < self.switch_min:
+                return None
+            return Switch(test.off, test.need, mask, test.base, values)
 
         return build(0, 0, self.start)
 
@@ -393,11 +535,12 @@ class Program:
         reach = {entry} if entry >= 0 else set()
         for nid in order:
             if nid in reach:
-                _, y, n = self.nodes[nid]
-                reach.update(t for t in (y, n) if t >= 0)
+                reach.update(t for t in successors(self.nodes[nid]) if t >= 0)
         final = {nid: i for i, nid in enumerate(x for x in order if x in reach)}
 
         def target(t):
+            if isinstance(t, tuple):
+                return tuple(target(x) for x in t)
             return final[t] if t >= 0 else t
 
         nodes = [(test, target(y), target(n))
@@ -405,22 +548,33 @@ class Program:
         return target(entry), nodes
 
 
-def compile_steps(steps, targets=None, start=None, max_shared_steps=300, limit=None):
+# A switch is made where a word is compared with at least this many values:
+# a switch costs about two tests to walk, and decides every one of them.
+SWITCH_MIN = 3
+
+
+def compile_steps(steps, targets=None, start=None, max_shared_steps=300, limit=None,
+                  switch_min=None):
     """Compile per-pattern steps to (entry, nodes, shared?).
 
     The shared compiler is used when there are at most `max_shared_steps`
-    steps (it recurses once per step) and it stays within `limit` nodes
-    (default: four times the chain's size); otherwise the chain is used.
-    `targets` maps patterns to targets; `start` is the Knowledge every
-    packet begins with."""
+    steps (it recurses once per step) and it stays within `limit` nodes and
+    switch cases (default: four times the chain's size): first with switch
+    nodes wherever a word is compared with at least `switch_min` values
+    (0: never), then, if that is too big, without; otherwise the chain is
+    used. `targets` maps patterns to targets; `start` is the Knowledge
+    every packet begins with."""
     total = sum(len(s) for s in steps if s)
+    if switch_min is None:
+        switch_min = SWITCH_MIN
     if total + len(steps) <= max_shared_steps:
-        prog = Program(steps, targets, start)
-        try:
-            entry = prog.build_shared(limit or max(64, 4 * total))
-            return prog.finish(entry) + (True,)
-        except (_TooBig, RecursionError):
-            pass
+        for smin in dict.fromkeys((switch_min, 0)):
+            prog = Program(steps, targets, start, smin)
+            try:
+                entry = prog.build_shared(limit or max(64, 4 * total))
+                return prog.finish(entry) + (True,)
+            except (_TooBig, RecursionError):
+                pass
     prog = Program(steps, targets, start)
     return prog.finish(prog.build_chain()) + (False,)
 
@@ -434,9 +588,17 @@ def compile_patterns(patterns, max_shared_steps=300, limit=None):
 def lower_program(noutputs, flags, entry, nodes):
     """The plan bytes of a compiled program (layout in the module docs)."""
     out = [HEADER.pack(VERSION, noutputs | (flags << 16), len(nodes), entry)]
+    cases = []
     for test, yes, no in nodes:
-        out.append(NODE.pack(test.off | (test.base << 24), test.need, test.mask,
-                             test.value, yes, no))
+        if isinstance(test, Switch):
+            out.append(NODE.pack(test.off | (test.base << 24) | SWITCH_BIT, test.need,
+                                 test.mask, len(cases) // 2, len(yes), no))
+            for v, t in zip(test.values, yes):
+                cases += (v, t)
+        else:
+            out.append(NODE.pack(test.off | (test.base << 24), test.need, test.mask,
+                                 test.value, yes, no))
+    out += [CASE.pack(cases[i], cases[i + 1]) for i in range(0, len(cases), 2)]
     return b"".join(out)
 
 
@@ -449,14 +611,40 @@ def describe_test(t):
     return cond
 
 
+def describe_switch(sw):
+    """A switch node's word and the length it needs, as text."""
+    name = BASE_NAMES[sw.base]
+    return (f"switch {name}[{sw.off}..{sw.off + 3}] & {sw.mask:08x} "
+            f"if {name + '.' if name else ''}len >= {sw.need}")
+
+
+def _case_value(sw, v):
+    """A case value in hex, and in decimal when the mask is one run of bits
+    (a field such as a port or a protocol)."""
+    low = (sw.mask & -sw.mask).bit_length() - 1
+    run = sw.mask >> low
+    text = f"{v:08x}"
+    if run & (run + 1) == 0 and run > 1:
+        text += f" ({v >> low})"
+    return text
+
+
 def program_text(entry, nodes, shared):
-    """A compiled program, one test per line."""
+    """A compiled program, one test per line (a switch: one line per case)."""
     kind = "shared tests" if shared else "chain of tests"
-    lines = [f"{len(nodes)} node(s), {kind}; start: {_target_text(entry)}"]
+    nsw = sum(isinstance(t, Switch) for t, _, _ in nodes)
+    sws = f" ({nsw} switch{'es' if nsw != 1 else ''})" if nsw else ""
+    lines = [f"{len(nodes)} node(s){sws}, {kind}; start: {_target_text(entry)}"]
     width = len(str(max(len(nodes) - 1, 0)))
     for i, (t, yes, no) in enumerate(nodes):
-        lines.append(f"{i:>{width}}: if {describe_test(t)} then {_target_text(yes)} "
-                     f"else {_target_text(no)}")
+        if isinstance(t, Switch):
+            lines.append(f"{i:>{width}}: {describe_switch(t)}:")
+            for v, target in zip(t.values, yes):
+                lines.append(f"{'':>{width}}    == {_case_value(t, v)} then {_target_text(target)}")
+            lines.append(f"{'':>{width}}    else {_target_text(no)}")
+        else:
+            lines.append(f"{i:>{width}}: if {describe_test(t)} then {_target_text(yes)} "
+                         f"else {_target_text(no)}")
     return "\n".join(lines)
 
 
@@ -490,7 +678,8 @@ class Classifier(Element):
 
     The patterns are compiled into a decision program of aligned 32-bit word
     tests (shown by `middlebox show`); a test whose outcome is already known
-    on a path is not repeated.
+    on a path is not repeated, and where several patterns compare one word
+    with different values, one switch node (a hash lookup) decides them all.
     """
 
     kernel = "classifier"

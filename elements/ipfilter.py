@@ -940,7 +940,10 @@ _SEMANTICS_DOC = """
     port is 80". See elements/ipfilter.py for the details.
 
     The expressions compile to one decision program of 32-bit word tests,
-    shared with Classifier (`middlebox show --programs` prints it).
+    shared with Classifier (`middlebox show --programs` prints it); many
+    rules on one field (ports, protocols, addresses) become switch nodes
+    that decide all their values in one lookup, keeping every length and
+    first-fragment condition.
 """
 
 

@@ -53,8 +53,6 @@ import hashlib
 import ipaddress
 import struct
 
-import numpy as np
-
 from middlebox.element import Element, Int, IPv4, Kind, Param, Str, read_handler, write_handler
 
 METHODS = {"maglev": 0, "round_robin": 1, "hash": 2}
@@ -225,6 +223,7 @@ def maglev_table(backends, size=65537):
             nxt[i] = j + 1
             filled += 1
             if filled == size:
+                import numpy as np   # here: importing the element library stays light
                 return np.array(table, dtype=np.uint16)
 
 
@@ -239,6 +238,7 @@ def weighted_sequence(weights):
         best = max(range(len(weights)), key=lambda i: (current[i], -i))
         current[best] -= total
         out.append(best)
+    import numpy as np
     return np.array(out, dtype=np.uint16)
 
 
@@ -358,6 +358,7 @@ class LoadBalancer(Element):
         out = bytearray(struct.pack("<III", OP_SET, len(backends), len(table)))
         for ip, port, weight in backends:
             out += struct.pack("<IHH", int(ip), port, weight)
+        import numpy as np
         out += np.asarray(table, dtype="<u2").tobytes()
         return bytes(out)
 

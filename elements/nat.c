@@ -17,17 +17,12 @@
  *   (each >= 1), then naddr u32 public addresses (host order).
  *
  * State, laid out in one block (state_size) with 64-byte aligned arrays:
- *   flows   capacity entries of 32 bytes (struct nat_flow): the mapping
- *           (inside addr:port, remote addr:port, public port and address
- *           index, protocol, TCP state, expiry time). Free entries are a
- *           stack linked through `next`.
- *   buckets the inside index: 2^k buckets of one cache line, 8 slots of
- *           (16-bit signature, 32-bit flow index), at least two slots per
- *           flow. A flow hashes (5-tuple, 64-bit mix) to two buckets; it
- *           is stored in the first when there is room, else the second,
- *           else one flow of either bucket moves to its other bucket (one
- *           cuckoo step); lookups read the first and, on a miss, the
- *           second.
+ *   flows   the flow table (elements/flowtable.h): capacity entries of 32
+ *           bytes (struct nat_flow: inside addr:port, remote addr:port,
+ *           public port and address index, protocol, TCP state, expiry
+ *           time), free ones on a stack, and the inside index over them,
+ *           a bucketed cuckoo hash: a flow hashes (5-tuple, 64-bit mix) to
+ *           two buckets of 8 (signature, flow index) slots.
  *   p2f     the outside index: per public address and protocol (TCP, UDP,
  *           ICMP), one u32 per port of the range: flow index + 1, 0 = free.
  *           Exact and O(1): inbound packets are matched by (protocol,
@@ -80,14 +75,14 @@
  * u16 inside port, u16 remote port, u16 public port, u16 zero, u64 expiry
  * (ns). Little-endian.
  */
-#include "mb.h"
+#include "flowtable.h"
 
 #define NAT_MAGIC 0x3154414Eu          /* "NAT1" */
 #define NAT_MAX_ADDRS 32u
-#define NAT_MAX_CAPACITY (1u << 22)
+#define NAT_MAX_CAPACITY FT_MAX_CAPACITY
 #define NAT_CFG_FIXED 52u
-#define NAT_SLOTS 8u
-#define NAT_NONE 0xFFFFFFFFu
+#define NAT_NONE FT_NONE
+#define NAT_B2_SHIFT 24u               /* second bucket: hash bits 24.. */
 #define NAT_SWEEP 8u                   /* entries checked per push */
 #define NAT_RECLAIM 64u                /* entries checked before giving up */
 #define NAT_CHUNK 16u                  /* packets hashed/prefetched ahead */
@@ -113,7 +108,7 @@ enum { X_TRANSLATED, X_NEW, X_EXPIRED, X_FULL, X_EXHAUSTED, X_NOMAP, X_FRAG, X_U
 enum { TO_UDP, TO_TCP_EST, TO_TCP_TRANS, TO_ICMP };
 
 struct nat_flow {
-    uint32_t in_addr;       /* inside host (host order) */
+    uint32_t in_addr;       /* inside host (host order); free: stack link */
     uint32_t rem_addr;      /* remote host */
     uint16_t in_port;       /* inside port / echo identifier */
     uint16_t rem_port;      /* remote port (0 for ICMP) */
@@ -123,22 +118,16 @@ struct nat_flow {
     uint8_t tcp;            /* T_* flags */
     uint8_t pc;             /* protocol class 0 TCP, 1 UDP, 2 ICMP */
     uint16_t pad;
-    uint32_t next;          /* free stack link */
+    uint32_t pad2;
     uint64_t expires;       /* ns */
 };
-
-struct nat_bucket {
-    uint16_t sig[NAT_SLOTS];
-    uint32_t idx[NAT_SLOTS];
-    uint8_t pad[16];
-};
+_Static_assert(sizeof(struct nat_flow) == 32, "an entry is 32 bytes");
 
 struct nat_state {
-    uint32_t naddr, cap, lo, range, nw, ns, mask, preserve;
+    struct ft ft;           /* flows and the inside index */
+    uint32_t naddr, lo, range, nw, ns, preserve, seed;
     uint64_t to[4];
-    uint64_t now;
-    uint32_t free_head, live, sweep, seed;
-    uint64_t o_flows, o_buckets, o_p2f, o_bm, o_sum;
+    uint64_t o_p2f, o_bm, o_sum;
     uint32_t addr[NAT_MAX_ADDRS];
     uint32_t pool_free[NAT_MAX_ADDRS * 3];
     uint32_t pool_cursor[NAT_MAX_ADDRS * 3];
@@ -148,8 +137,6 @@ struct nat_cfg {
     uint32_t naddr, cap, lo, hi, flags;
     uint64_t to[4];
 };
-
-#define ALIGN64(x) (((x) + 63u) & ~(uint64_t)63u)
 
 /* Parse and check the configuration; 0 when it is usable. */
 static int nat_parse(const uint8_t *c, uint32_t len, struct nat_cfg *k)
@@ -174,35 +161,22 @@ static int nat_parse(const uint8_t *c, uint32_t len, struct nat_cfg *k)
     return 0;
 }
 
-static uint32_t nat_buckets(uint32_t cap)
-{
-    uint32_t nb = 1;
-    while (nb * 4 < cap)
-        nb <<= 1;
-    return nb;
-}
-
-/* Array offsets and total size for a configuration. */
+/* Array offsets and total size for a configuration (with s: set them). */
 static uint64_t nat_layout(const struct nat_cfg *k, struct nat_state *s)
 {
-    uint64_t off = ALIGN64(sizeof(struct nat_state));
     uint32_t range = k->hi - k->lo + 1;
     uint32_t nw = (range + 63) / 64, ns = (nw + 63) / 64;
     uint64_t pools = (uint64_t)k->naddr * 3;
-    uint64_t o_flows, o_buckets, o_p2f, o_bm, o_sum;
-    o_flows = off;
-    off = ALIGN64(off + (uint64_t)k->cap * sizeof(struct nat_flow));
-    o_buckets = off;
-    off = ALIGN64(off + (uint64_t)nat_buckets(k->cap) * sizeof(struct nat_bucket));
+    uint64_t off, o_p2f, o_bm, o_sum;
+    off = ft_layout(s ? &s->ft : 0, (uint8_t *)s, sizeof(struct nat_state), k->cap,
+                    sizeof(struct nat_flow), NAT_B2_SHIFT);
     o_p2f = off;
-    off = ALIGN64(off + pools * range * 4);
+    off = FT_ALIGN64(off + pools * range * 4);
     o_bm = off;
-    off = ALIGN64(off + pools * nw * 8);
+    off = FT_ALIGN64(off + pools * nw * 8);
     o_sum = off;
-    off = ALIGN64(off + pools * ns * 8);
+    off = FT_ALIGN64(off + pools * ns * 8);
     if (s) {
-        s->o_flows = o_flows;
-        s->o_buckets = o_buckets;
         s->o_p2f = o_p2f;
         s->o_bm = o_bm;
         s->o_sum = o_sum;
@@ -221,8 +195,7 @@ static uint32_t nat_state_size(const uint8_t *cfg, uint32_t len)
     return (uint32_t)nat_layout(&k, 0);
 }
 
-#define FLOWS(s) ((struct nat_flow *)((uint8_t *)(s) + (s)->o_flows))
-#define BUCKETS(s) ((struct nat_bucket *)((uint8_t *)(s) + (s)->o_buckets))
+#define FLOWS(s) ((struct nat_flow *)(s)->ft.ents)
 #define P2F(s, pool) ((uint32_t *)((uint8_t *)(s) + (s)->o_p2f) + (uint64_t)(pool) * (s)->range)
 #define BM(s, pool) ((uint64_t *)((uint8_t *)(s) + (s)->o_bm) + (uint64_t)(pool) * (s)->nw)
 #define SUM(s, pool) ((uint64_t *)((uint8_t *)(s) + (s)->o_sum) + (uint64_t)(pool) * (s)->ns)
@@ -230,13 +203,8 @@ static uint32_t nat_state_size(const uint8_t *cfg, uint32_t len)
 /* Empty every table: all entries free, all ports free. */
 static void nat_reset(struct nat_state *s)
 {
-    struct nat_flow *f = FLOWS(s);
-    uint32_t i, pool, pools = s->naddr * 3;
-    memset(f, 0, (uint64_t)s->cap * sizeof(struct nat_flow));
-    for (i = 0; i < s->cap; i++)
-        f[i].next = i + 1 < s->cap ? i + 1 : NAT_NONE;
-    s->free_head = 0;
-    memset(BUCKETS(s), 0, (uint64_t)(s->mask + 1) * sizeof(struct nat_bucket));
+    uint32_t pool, pools = s->naddr * 3;
+    ft_reset(&s->ft);
     memset(P2F(s, 0), 0, (uint64_t)pools * s->range * 4);
     for (pool = 0; pool < pools; pool++) {
         uint64_t *bm = BM(s, pool), *sm = SUM(s, pool);
@@ -251,8 +219,6 @@ static void nat_reset(struct nat_state *s)
         s->pool_free[pool] = s->range;
         s->pool_cursor[pool] = 0;
     }
-    s->live = 0;
-    s->sweep = 0;
 }
 
 static int nat_init(struct mb_elem *e)
@@ -264,10 +230,8 @@ static int nat_init(struct mb_elem *e)
         return mb_fail(e, "bad configuration");
     nat_layout(&k, s);
     s->naddr = k.naddr;
-    s->cap = k.cap;
     s->lo = k.lo;
     s->preserve = k.flags & 1;
-    s->mask = nat_buckets(k.cap) - 1;
     for (i = 0; i < 4; i++)
         s->to[i] = k.to[i];
     s->seed = 0x5A17C0DEu;
@@ -297,93 +261,38 @@ static inline uint64_t nat_hash(uint32_t seed, uint32_t a, uint32_t b, uint32_t 
     return h;
 }
 
-static inline uint16_t nat_sig(uint64_t h)
-{
-    uint16_t sg = (uint16_t)(h >> 48);
-    return sg ? sg : 1;
-}
-
-static inline uint32_t nat_b1(const struct nat_state *s, uint64_t h)
-{
-    return (uint32_t)h & s->mask;
-}
-
-static inline uint32_t nat_b2(const struct nat_state *s, uint64_t h)
-{
-    return (uint32_t)(h >> 24) & s->mask;
-}
-
 static inline uint64_t nat_flow_hash(const struct nat_state *s, const struct nat_flow *f)
 {
     return nat_hash(s->seed, f->in_addr, f->rem_addr,
                     ((uint32_t)f->in_port << 16) | f->rem_port, f->proto);
 }
 
-static inline int nat_key_eq(const struct nat_flow *f, uint32_t proto, uint32_t ia,
-                             uint32_t ip, uint32_t ra, uint32_t rp)
+/* Flow table callbacks (ctx: the state). */
+static uint64_t nat_ft_hash(const void *ctx, uint32_t i)
 {
-    return f->in_addr == ia && f->rem_addr == ra && f->in_port == ip &&
-           f->rem_port == rp && f->proto == proto;
+    const struct nat_state *s = ctx;
+    return nat_flow_hash(s, &FLOWS(s)[i]);
 }
 
-static inline uint32_t nat_bucket_find(const struct nat_state *s, const struct nat_bucket *b,
-                                       uint16_t sg, uint32_t proto, uint32_t ia, uint32_t ip,
-                                       uint32_t ra, uint32_t rp)
+/* An inside key: protocol, inside addr:port, remote addr:port. */
+struct nat_key {
+    uint32_t proto, ia, ip, ra, rp;
+};
+
+static inline int nat_ft_match(const void *ctx, uint32_t i, const void *key)
 {
-    const struct nat_flow *flows = FLOWS(s);
-    for (uint32_t j = 0; j < NAT_SLOTS; j++)
-        if (b->sig[j] == sg && nat_key_eq(&flows[b->idx[j]], proto, ia, ip, ra, rp))
-            return b->idx[j];
-    return NAT_NONE;
+    const struct nat_flow *f = &FLOWS((const struct nat_state *)ctx)[i];
+    const struct nat_key *k = key;
+    return f->in_addr == k->ia && f->rem_addr == k->ra && f->in_port == k->ip &&
+           f->rem_port == k->rp && f->proto == k->proto ? 0 : -1;
 }
 
 /* The flow with this inside key, or NAT_NONE. */
 static inline uint32_t nat_lookup_in(const struct nat_state *s, uint64_t h, uint32_t proto,
                                      uint32_t ia, uint32_t ip, uint32_t ra, uint32_t rp)
 {
-    const struct nat_bucket *bk = BUCKETS(s);
-    uint16_t sg = nat_sig(h);
-    uint32_t i = nat_bucket_find(s, &bk[nat_b1(s, h)], sg, proto, ia, ip, ra, rp);
-    if (i != NAT_NONE)
-        return i;
-    return nat_bucket_find(s, &bk[nat_b2(s, h)], sg, proto, ia, ip, ra, rp);
-}
-
-static inline int nat_bucket_put(struct nat_bucket *b, uint16_t sg, uint32_t idx)
-{
-    for (uint32_t j = 0; j < NAT_SLOTS; j++)
-        if (b->sig[j] == 0) {
-            b->sig[j] = sg;
-            b->idx[j] = idx;
-            return 0;
-        }
-    return -1;
-}
-
-/* Both of a new flow's buckets are full: move one flow of bucket `bi` to
- * its other bucket (one cuckoo step) and put (sg, idx) in its place. */
-static int nat_displace(struct nat_state *s, uint32_t bi, uint16_t sg, uint32_t idx)
-{
-    struct nat_bucket *bk = BUCKETS(s), *b = &bk[bi];
-    for (uint32_t j = 0; j < NAT_SLOTS; j++) {
-        uint64_t oh = nat_flow_hash(s, &FLOWS(s)[b->idx[j]]);
-        uint32_t alt = nat_b1(s, oh) == bi ? nat_b2(s, oh) : nat_b1(s, oh);
-        if (alt != bi && nat_bucket_put(&bk[alt], b->sig[j], b->idx[j]) == 0) {
-            b->sig[j] = sg;
-            b->idx[j] = idx;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static inline void nat_bucket_del(struct nat_bucket *b, uint32_t idx)
-{
-    for (uint32_t j = 0; j < NAT_SLOTS; j++)
-        if (b->sig[j] != 0 && b->idx[j] == idx) {
-            b->sig[j] = 0;
-            return;
-        }
+    const struct nat_key k = {proto, ia, ip, ra, rp};
+    return ft_find(&s->ft, h, nat_ft_match, s, &k, 0);
 }
 
 /* --- port pools --------------------------------------------------------------- */
@@ -445,46 +354,38 @@ static inline uint32_t nat_pool(const struct nat_flow *f)
     return (uint32_t)f->aidx * 3 + f->pc;
 }
 
-/* Remove flow i from both indices and free its port and entry. */
-static void nat_free(struct nat_state *s, uint32_t i)
+/* Remove flow i from both indices and free its port and entry
+ * (ctx: the state). */
+static void nat_free(void *ctx, uint32_t i)
 {
+    struct nat_state *s = ctx;
     struct nat_flow *f = &FLOWS(s)[i];
     uint64_t h = nat_flow_hash(s, f);
     uint32_t pool = nat_pool(f), off = (uint32_t)f->pub_port - s->lo;
-    struct nat_bucket *bk = BUCKETS(s);
-    nat_bucket_del(&bk[nat_b1(s, h)], i);
-    nat_bucket_del(&bk[nat_b2(s, h)], i);
     P2F(s, pool)[off] = 0;
     pool_give(s, pool, off);
     f->proto = 0;
-    f->next = s->free_head;
-    s->free_head = i;
-    s->live--;
+    ft_remove(&s->ft, i, h);
 }
 
 static inline int nat_expired(const struct nat_state *s, const struct nat_flow *f)
 {
-    return f->expires <= s->now;
+    return ft_expired(&s->ft, f->expires);
+}
+
+/* FT_FREE, FT_LIVE or FT_EXPIRED (ctx: the state). */
+static int nat_ft_state(const void *ctx, uint32_t i)
+{
+    const struct nat_flow *f = &FLOWS((const struct nat_state *)ctx)[i];
+    return !f->proto ? FT_FREE : nat_expired(ctx, f) ? FT_EXPIRED : FT_LIVE;
 }
 
 /* Check up to `count` entries at the sweep cursor; free expired ones. */
-static uint32_t nat_sweep(struct mb_elem *e, struct nat_state *s, uint32_t count)
+static inline uint32_t nat_sweep(struct mb_elem *e, struct nat_state *s, uint32_t count)
 {
-    struct nat_flow *flows = FLOWS(s);
-    uint32_t freed = 0;
-    if (count > s->cap)
-        count = s->cap;
-    while (count--) {
-        uint32_t i = s->sweep;
-        if (++s->sweep == s->cap)
-            s->sweep = 0;
-        if (flows[i].proto && nat_expired(s, &flows[i])) {
-            nat_free(s, i);
-            e->xstat[X_EXPIRED]++;
-            freed++;
-        }
-    }
-    return freed;
+    uint32_t n = ft_sweep(&s->ft, count, nat_ft_state, nat_free, s);
+    e->xstat[X_EXPIRED] += n;
+    return n;
 }
 
 /* Check up to `count` used ports of a pool for expired flows. */
@@ -523,7 +424,7 @@ static inline uint64_t nat_timeout(const struct nat_state *s, const struct nat_f
 
 static inline void nat_touch(const struct nat_state *s, struct nat_flow *f)
 {
-    f->expires = s->now + nat_timeout(s, f);
+    f->expires = s->ft.now + nat_timeout(s, f);
 }
 
 /* Make a mapping for a new inside flow; its index, or NAT_NONE with the
@@ -533,11 +434,10 @@ static uint32_t nat_create(struct mb_elem *e, struct nat_state *s, uint64_t h, u
 {
     uint32_t aidx = (uint32_t)(((uint64_t)((ia ^ s->seed) * 0x9E3779B1u) * s->naddr) >> 32);
     uint32_t pool = aidx * 3 + pc, i, off;
-    struct nat_bucket *bk = BUCKETS(s);
     struct nat_flow *f;
     int32_t found = -1;
 
-    if (s->free_head == NAT_NONE && nat_sweep(e, s, NAT_RECLAIM) == 0) {
+    if (ft_full(&s->ft) && nat_sweep(e, s, NAT_RECLAIM) == 0) {
         e->xstat[X_FULL]++;
         return NAT_NONE;
     }
@@ -548,7 +448,7 @@ static uint32_t nat_create(struct mb_elem *e, struct nat_state *s, uint64_t h, u
             return NAT_NONE;
         }
     }
-    if (s->free_head == NAT_NONE) {     /* the pool sweep cannot empty the table */
+    if (ft_full(&s->ft)) {              /* the pool sweep cannot empty the table */
         e->xstat[X_FULL]++;
         return NAT_NONE;
     }
@@ -561,16 +461,12 @@ static uint32_t nat_create(struct mb_elem *e, struct nat_state *s, uint64_t h, u
         return NAT_NONE;
     }
     off = (uint32_t)found;
-    i = s->free_head;
-    if (nat_bucket_put(&bk[nat_b1(s, h)], nat_sig(h), i) != 0 &&
-        nat_bucket_put(&bk[nat_b2(s, h)], nat_sig(h), i) != 0 &&
-        nat_displace(s, nat_b1(s, h), nat_sig(h), i) != 0 &&
-        nat_displace(s, nat_b2(s, h), nat_sig(h), i) != 0) {
+    i = ft_insert(&s->ft, h, nat_ft_hash, s);
+    if (i == NAT_NONE) {
         e->xstat[X_FULL]++;             /* 2 + 16 buckets full: vanishingly rare */
         return NAT_NONE;
     }
     f = &FLOWS(s)[i];
-    s->free_head = f->next;
     f->in_addr = ia;
     f->rem_addr = ra;
     f->in_port = (uint16_t)ip;
@@ -580,10 +476,8 @@ static uint32_t nat_create(struct mb_elem *e, struct nat_state *s, uint64_t h, u
     f->aidx = (uint8_t)aidx;
     f->pc = (uint8_t)pc;
     f->tcp = 0;
-    f->next = NAT_NONE;
     P2F(s, pool)[off] = i + 1;
     pool_take(s, pool, off);
-    s->live++;
     e->xstat[X_NEW]++;
     return i;
 }
@@ -1073,22 +967,9 @@ static inline int nat_classify(const struct nat_state *s, struct mb_packet *p,
         else
             ports = ((uint32_t)mb_rd16(l4) << 16) | mb_rd16(l4 + 2);
         *h = nat_hash(s->seed, ia, ra, ports, k->proto);
-        MB_PREFETCH(&BUCKETS(s)[nat_b1(s, *h)]);
+        ft_prefetch_bucket(&s->ft, *h);
     }
     return 0;
-}
-
-/* The flow entry a lookup will most likely read: the first signature match
- * in the first bucket (the bucket was prefetched by nat_classify). */
-static inline void nat_prefetch_flow(const struct nat_state *s, uint64_t h)
-{
-    const struct nat_bucket *b = &BUCKETS(s)[nat_b1(s, h)];
-    uint16_t sg = nat_sig(h);
-    for (uint32_t j = 0; j < NAT_SLOTS; j++)
-        if (b->sig[j] == sg) {
-            MB_PREFETCH(&FLOWS(s)[b->idx[j]]);
-            return;
-        }
 }
 
 static void nat_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
@@ -1100,8 +981,7 @@ static void nat_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
     int rs[NAT_CHUNK];
     uint32_t base, j, m;
 
-    if (now > s->now)
-        s->now = now;
+    ft_advance(&s->ft, now);
     nat_sweep(e, s, NAT_SWEEP);
     for (base = 0; base < n; base += m) {
         m = n - base < NAT_CHUNK ? n - base : NAT_CHUNK;
@@ -1110,11 +990,10 @@ static void nat_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
         for (j = 0; j < m; j++)
             if (rs[j] == 0 && pkts[base + j]->port == 0 &&
                 (ks[j].proto != PROTO_ICMP || ks[j].l4[0] == 8))
-                nat_prefetch_flow(s, hs[j]);
+                ft_prefetch_entry(&s->ft, hs[j]);   /* bucket: nat_classify */
         for (j = 0; j < m; j++) {
             struct mb_packet *p = pkts[base + j];
-            if (p->ts_ns > s->now)
-                s->now = p->ts_ns;
+            ft_advance(&s->ft, p->ts_ns);
             if (rs[j] != 0) {
                 e->xstat[rs[j]]++;
                 if (rs[j] == X_NOMAP && p->port != 0)
@@ -1152,55 +1031,29 @@ static int nat_control(struct mb_elem *e, const uint8_t *msg, uint32_t len)
     return 0;
 }
 
-static inline void le32w(uint8_t *b, uint32_t v)
+/* Query record of flow i (ctx: the state). */
+static void nat_q_record(const void *ctx, uint32_t i, uint8_t *r)
 {
-    b[0] = (uint8_t)v;
-    b[1] = (uint8_t)(v >> 8);
-    b[2] = (uint8_t)(v >> 16);
-    b[3] = (uint8_t)(v >> 24);
-}
-
-static inline void le16w(uint8_t *b, uint32_t v)
-{
-    b[0] = (uint8_t)v;
-    b[1] = (uint8_t)(v >> 8);
+    const struct nat_state *s = ctx;
+    const struct nat_flow *f = &FLOWS(s)[i];
+    r[0] = f->proto;
+    r[1] = f->tcp;
+    r[2] = (uint8_t)nat_established(f);
+    r[3] = f->aidx;
+    ft_put32(r + 4, f->in_addr);
+    ft_put32(r + 8, f->rem_addr);
+    ft_put32(r + 12, s->addr[f->aidx]);
+    ft_put16(r + 16, f->in_port);
+    ft_put16(r + 18, f->rem_port);
+    ft_put16(r + 20, f->pub_port);
+    ft_put16(r + 22, 0);
+    ft_put64(r + 24, f->expires);
 }
 
 static uint32_t nat_query(struct mb_elem *e, uint32_t what, uint8_t *out, uint32_t cap)
 {
     struct nat_state *s = e->state;
-    const struct nat_flow *flows = FLOWS(s);
-    uint32_t i, w = 16;
-    if (cap < 16)
-        return 0;
-    for (i = what; i < s->cap; i++) {
-        const struct nat_flow *f = &flows[i];
-        uint8_t *r;
-        if (!f->proto || nat_expired(s, f))
-            continue;
-        if (cap - w < 32)
-            break;
-        r = out + w;
-        r[0] = f->proto;
-        r[1] = f->tcp;
-        r[2] = (uint8_t)nat_established(f);
-        r[3] = f->aidx;
-        le32w(r + 4, f->in_addr);
-        le32w(r + 8, f->rem_addr);
-        le32w(r + 12, s->addr[f->aidx]);
-        le16w(r + 16, f->in_port);
-        le16w(r + 18, f->rem_port);
-        le16w(r + 20, f->pub_port);
-        le16w(r + 22, 0);
-        le32w(r + 24, (uint32_t)f->expires);
-        le32w(r + 28, (uint32_t)(f->expires >> 32));
-        w += 32;
-    }
-    le32w(out, i >= s->cap ? NAT_NONE : i);
-    le32w(out + 4, s->live);
-    le32w(out + 8, (uint32_t)s->now);
-    le32w(out + 12, (uint32_t)(s->now >> 32));
-    return w;
+    return ft_query(&s->ft, what, out, cap, 32, nat_ft_state, nat_q_record, s);
 }
 
 MB_KERNEL(nat) = {

@@ -1,43 +1,43 @@
 """IPv4 route lookup: StaticIPLookup and RadixIPLookup (Click's names).
 
-Routes are Click's "ADDR/MASK [GATEWAY] OUT" lines. The longest-prefix-match
-structure is built here, in Python (numpy), when the graph is compiled, and
-lowered as read-only tables that the C kernel (routing.c) walks in place:
+Routes are Click's "ADDR/MASK [GATEWAY] OUT" lines. They are parsed and
+checked here and lowered as a compact route list; the C kernel (routing.c)
+builds its longest-prefix-match structure from that list at init, in the
+element's state memory, whose size the kernel computes from the same list
+(so the host and a guest both size memory from the plan alone):
 
-    DIR-16-8-8 with compressed chunks
-    level 1   65536 entries, indexed by the top 16 bits of the address
-    level 2   one 256-entry chunk per /16 that holds a prefix longer than /16
-    level 3   one 256-entry chunk per /24 that holds a prefix longer than /24
+    level 1   2^16 entries indexed by the top 16 address bits (2^8 and the
+              top 8 bits for tables of at most 256 routes)
+    chunks    256 entries each, for the next 8 bits, one per group of
+              addresses (a /16 or /24; a /8 too with an 8-bit level 1) that
+              holds a prefix longer than the group
 
-An entry is either a leaf (0: no route, k: next hop k-1) or, with bit 31 set,
-the index of a chunk. A chunk stores its 256 entries run-length compressed:
-a 256-bit map with bit i set where entry i differs from entry i-1, and the
-distinct values in order; entry i is value number popcount(map[0..i]) - 1.
-So memory is 256 KiB plus about 40 bytes and 4 bytes per distinct run for
-each chunk: proportional to the route set, whatever its shape.
+An entry is 0 (no route), k (route k-1 of the list) or, with bit 31 set,
+the index of a chunk. A lookup reads at most 3 levels (4 with the 8-bit
+first level). See routing.c for the memory it takes.
 
-Plan layout (little-endian), read by route_init():
+Plan layout (little-endian), read by rt_init():
 
-    header   u32 version (1), u32 nnexthops, u32 nchunks2, u32 nchunks3,
-             u32 nentries, u32 noutputs, u32 0, u32 0          (32 bytes)
-    nexthop  u32 output port, u32 gateway (host order, 0: none)  per next hop
-    level 1  u32 x 65536
-    chunk    u64 map[4], u32 base, u8 before[4]     (40 bytes) per chunk,
-             level-2 chunks first; before[w] = bits set in map[0..w-1]
-    entries  u32 x nentries: chunk c's values are entries[base .. base+n)
+    header   u32 version (2), u32 nroutes, u32 noutputs, u32 0      (16 bytes)
+    routes   per route (12 bytes): u32 prefix (host order, host bits 0),
+             u32 gateway (host order, 0: none), u16 output port,
+             u8 prefix length (0-32), u8 0
+             sorted by (prefix, length), strictly increasing
+
+The order matters to the kernel: a prefix comes before every prefix it
+contains, so the table is built by painting each route over what the
+shorter ones left, and the number of chunks is a count of distinct groups.
 """
 
 import struct
 
-import numpy as np
-
 from middlebox.element import Element, List, Param, Str
 
-VERSION = 1
+VERSION = 2
 MAX_OUTPUTS = 1024
-CHUNK = 0x80000000
-HEADER = struct.Struct("<8I")
-CHUNK_DTYPE = np.dtype([("map", "<u8", (4,)), ("base", "<u4"), ("before", "u1", (4,))])
+MAX_ROUTES = 1 << 20
+HEADER = struct.Struct("<4I")
+ROUTE = struct.Struct("<IIHBx")
 ROUTE_FORM = "expected 'ADDR/MASK [GATEWAY] OUT'"
 
 
@@ -134,102 +134,16 @@ def parse_route(text):
 
 
 class RouteTable:
-    """The lowered lookup structure (numpy arrays) for a list of Routes."""
+    """A checked route list, lowered in the order the kernel builds from."""
 
     def __init__(self, routes):
-        self.routes = routes
-        hops = {}
-        leaf = np.empty(len(routes), dtype=np.uint32)
-        for i, r in enumerate(routes):
-            leaf[i] = hops.setdefault((r.port, r.gateway), len(hops)) + 1
-        self.nexthops = np.array(list(hops) or np.zeros((0, 2)), dtype="<u4").reshape(-1, 2)
+        self.routes = sorted(routes, key=lambda r: (r.addr, r.length))
         self.noutputs = 1 + max((r.port for r in routes), default=0)
-        addr = np.fromiter((r.addr for r in routes), dtype=np.uint32, count=len(routes))
-        length = np.fromiter((r.length for r in routes), dtype=np.uint8, count=len(routes))
-        self._build(addr, length, leaf)
-
-    def _build(self, addr, length, leaf):
-        # Level 1: paint prefixes up to /16, shortest first.
-        l1 = np.zeros(65536, dtype=np.uint32)
-        for plen in range(0, 17):
-            sel = length == plen
-            if sel.any():
-                _paint(l1[None, :], np.zeros(int(sel.sum()), np.intp),
-                       (addr[sel] >> 16).astype(np.intp), 1 << (16 - plen), leaf[sel])
-        # Level 2: a 256-entry row per /16 with longer prefixes, starting from
-        # what level 1 says for that /16.
-        long2 = length > 16
-        groups2 = np.unique(addr[long2] >> 16)
-        rows2 = np.repeat(l1[groups2][:, None], 256, axis=1)
-        for plen in range(17, 25):
-            sel = length == plen
-            if sel.any():
-                row = np.searchsorted(groups2, addr[sel] >> 16)
-                _paint(rows2, row, ((addr[sel] >> 8) & 255).astype(np.intp),
-                       1 << (24 - plen), leaf[sel])
-        # Level 3: a row per /24 with prefixes longer than /24.
-        long3 = length > 24
-        groups3 = np.unique(addr[long3] >> 8)
-        parent = np.searchsorted(groups2, groups3 >> 8)
-        rows3 = np.repeat(rows2[parent, groups3 & 255][:, None], 256, axis=1)
-        for plen in range(25, 33):
-            sel = length == plen
-            if sel.any():
-                row = np.searchsorted(groups3, addr[sel] >> 8)
-                _paint(rows3, row, (addr[sel] & 255).astype(np.intp), 1 << (32 - plen), leaf[sel])
-        # Link the levels.
-        n2, n3 = len(groups2), len(groups3)
-        l1[groups2] = CHUNK | np.arange(n2, dtype=np.uint32)
-        rows2[parent, groups3 & 255] = CHUNK | (n2 + np.arange(n3, dtype=np.uint32))
-        self.l1 = l1
-        self.nchunks2, self.nchunks3 = n2, n3
-        self.chunks, self.entries = _compress(np.concatenate([rows2, rows3]))
-
-    def lookup(self, addr):
-        """(port, gateway) for a host-order address, or None: reads the
-        lowered tables the way the kernel does (for tests and tools)."""
-        v = int(self.l1[addr >> 16])
-        for shift in (8, 0):
-            if not v & CHUNK:
-                break
-            c = self.chunks[v & ~CHUNK]
-            i = (addr >> shift) & 255
-            word = int(c["map"][i >> 6]) & ((2 << (i & 63)) - 1)
-            v = int(self.entries[int(c["base"]) + int(c["before"][i >> 6]) + bin(word).count("1") - 1])
-        if v == 0:
-            return None
-        port, gw = self.nexthops[v - 1]
-        return int(port), int(gw)
 
     def lower(self):
-        head = HEADER.pack(VERSION, len(self.nexthops), self.nchunks2, self.nchunks3,
-                           len(self.entries), self.noutputs, 0, 0)
-        return b"".join((head, self.nexthops.astype("<u4").tobytes(),
-                         self.l1.astype("<u4").tobytes(), self.chunks.tobytes(),
-                         self.entries.astype("<u4").tobytes()))
-
-
-def _paint(rows, row, start, width, value):
-    """rows[row[k], start[k]:start[k]+width] = value[k] for every k."""
-    cols = start[:, None] + np.arange(width, dtype=np.intp)
-    rows[row[:, None], cols] = value[:, None]
-
-
-def _compress(rows):
-    """Run-length compress 256-entry rows into (chunk records, entries)."""
-    n = len(rows)
-    chunks = np.zeros(n, dtype=CHUNK_DTYPE)
-    if n == 0:
-        return chunks, np.zeros(0, dtype=np.uint32)
-    starts = np.ones(rows.shape, dtype=bool)
-    starts[:, 1:] = rows[:, 1:] != rows[:, :-1]
-    entries = rows[starts]
-    counts = starts.sum(axis=1)
-    chunks["base"] = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    chunks["map"] = np.packbits(starts, axis=1, bitorder="little").view("<u8")
-    per_word = starts.reshape(n, 4, 64).sum(axis=2)
-    chunks["before"] = np.cumsum(per_word, axis=1) - per_word
-    return chunks, entries
+        head = HEADER.pack(VERSION, len(self.routes), self.noutputs, 0)
+        return head + b"".join(ROUTE.pack(r.addr, r.gateway, r.port, r.length)
+                               for r in self.routes)
 
 
 # --- elements -------------------------------------------------------------------
@@ -248,9 +162,10 @@ class StaticIPLookup(Element):
     `no_route`). There are 1 + the highest OUT outputs; two routes with the
     same prefix are an error.
 
-    The table is compiled once, into a DIR-16-8-8 structure with compressed
-    chunks (see elements/routing.py): a lookup reads at most 3 table levels,
-    and 100k routes compile in well under a second.
+    The routes travel in the plan as a list (12 bytes a route); the kernel
+    builds a DIR-16-8-8 table from them when the graph starts (8-8-8-8 for
+    256 routes or fewer; see elements/routing.py): a lookup reads at most 3
+    table levels (4). At most 1048576 routes.
 
         rt: {class: StaticIPLookup, routes: ["10.0.0.0/8 0", "192.168.1.0/24 10.0.0.254 1", "0.0.0.0/0 10.0.0.1 2"]}
     """
@@ -275,6 +190,8 @@ class StaticIPLookup(Element):
                            f"route {seen[key]}", "routes")
             seen[key] = i
             parsed.append(r)
+        if len(parsed) > MAX_ROUTES:
+            self.error(f"{len(parsed)} routes: at most {MAX_ROUTES}", "routes")
         self.table = RouteTable(parsed)
 
     def noutputs(self, connected=0):

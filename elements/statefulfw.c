@@ -26,15 +26,11 @@
  *   programs: output 0 = allow, anything else = deny).
  *
  * State, one block (state_size) with 64-byte aligned arrays:
- *   conns   capacity entries of 32 bytes (struct sfw_conn); free entries are
- *           a stack linked through `next`.
- *   buckets 2^k buckets of one cache line, 8 slots of (16-bit signature,
- *           32-bit entry index), at least 2 slots per entry. The hash is
- *           symmetric in the two endpoints, so one index entry serves both
- *           directions: a connection hashes to two buckets and sits in the
- *           first with room, else the second, else one entry of either
- *           bucket moves to its other bucket (one cuckoo step). A lookup
- *           reads the first bucket and, on a miss, the second.
+ *   conns   the connection table (elements/flowtable.h): capacity entries
+ *           of 32 bytes (struct sfw_conn), free ones on a stack, and a
+ *           bucketed cuckoo index over them (two buckets per key of 8
+ *           (signature, entry index) slots). The hash is symmetric in the
+ *           two endpoints, so one index entry serves both directions.
  *   prog0, prog1  the loaded rule programs (program.h).
  *
  * Time: now = the largest of mb_now() and the packets' timestamps seen so
@@ -63,12 +59,13 @@
  * a reply was seen, u32 a, u32 b, u32 ap, u32 bp, u32 0, u64 expiry (ns).
  */
 #include "program.h"
+#include "flowtable.h"
 
 #define SFW_MAGIC 0x31574653u          /* "SFW1" */
-#define SFW_MAX_CAPACITY (1u << 22)
+#define SFW_MAX_CAPACITY FT_MAX_CAPACITY
 #define SFW_CFG_FIXED 56u
-#define SFW_SLOTS 8u
-#define SFW_NONE 0xFFFFFFFFu
+#define SFW_NONE FT_NONE
+#define SFW_B2_SHIFT 20u               /* second bucket: hash bits 20.. */
 #define SFW_SWEEP 8u
 #define SFW_RECLAIM 64u
 #define SFW_CHUNK 16u
@@ -94,35 +91,29 @@ enum { TO_UDP, TO_TCP_EST, TO_TCP_TRANS, TO_TCP_CLOSING, TO_ICMP };
 #define F_FIN_B 0x04u
 
 struct sfw_conn {
-    uint32_t a, b;          /* initiator, responder address (host order) */
+    uint32_t a, b;          /* initiator, responder address (host order);
+                             * a, when free: the free stack link */
     uint32_t ap, bp;        /* their ports (17 bits: NOPORT) */
     uint64_t expires;       /* ns */
     uint8_t proto;
     uint8_t state;          /* TCP: ST_*; else 0 */
     uint8_t side;           /* input it was opened from: 0 inside, 1 outside */
     uint8_t flags;          /* F_* */
-    uint32_t next;          /* free stack link */
+    uint32_t pad;
 };
-
-struct sfw_bucket {
-    uint16_t sig[SFW_SLOTS];
-    uint32_t idx[SFW_SLOTS];
-    uint8_t pad[16];
-};
+_Static_assert(sizeof(struct sfw_conn) == 32, "an entry is 32 bytes");
 
 struct sfw_state {
-    uint32_t cap, mask, free_head, live, sweep, seed;
+    struct ft ft;           /* connections and their index */
+    uint32_t seed;
     uint64_t to[5];
-    uint64_t now;
-    uint64_t o_conns, o_buckets, o_prog[2];
+    uint64_t o_prog[2];
 };
 
 struct sfw_cfg {
     uint32_t cap, len[2];
     uint64_t to[5];
 };
-
-#define ALIGN64(x) (((x) + 63u) & ~(uint64_t)63u)
 
 static int sfw_parse(const uint8_t *c, uint32_t len, struct sfw_cfg *k)
 {
@@ -144,33 +135,21 @@ static int sfw_parse(const uint8_t *c, uint32_t len, struct sfw_cfg *k)
     return 0;
 }
 
-static uint32_t sfw_buckets(uint32_t cap)
-{
-    uint32_t nb = 1;
-    while (nb * 4 < cap)
-        nb <<= 1;
-    return nb;
-}
-
-/* Offsets of the arrays and the total size; 0 when too large. */
+/* Offsets of the arrays and the total size; 0 when too large. With s, the
+ * table is set up (ft_reset still to do). */
 static uint64_t sfw_layout(const uint8_t *cfg, const struct sfw_cfg *k, struct sfw_state *s)
 {
-    uint64_t off = ALIGN64(sizeof(struct sfw_state));
-    uint64_t o_conns, o_buckets, o_prog[2];
+    uint64_t off, o_prog[2];
     const uint8_t *p1 = cfg + SFW_CFG_FIXED + k->len[0];
-    o_conns = off;
-    off = ALIGN64(off + (uint64_t)k->cap * sizeof(struct sfw_conn));
-    o_buckets = off;
-    off = ALIGN64(off + (uint64_t)sfw_buckets(k->cap) * sizeof(struct sfw_bucket));
+    off = ft_layout(s ? &s->ft : 0, (uint8_t *)s, sizeof(struct sfw_state), k->cap,
+                    sizeof(struct sfw_conn), SFW_B2_SHIFT);
     o_prog[0] = off;
-    off = ALIGN64(off + cls_prog_size(cfg + SFW_CFG_FIXED, k->len[0]));
+    off = FT_ALIGN64(off + cls_prog_size(cfg + SFW_CFG_FIXED, k->len[0]));
     o_prog[1] = off;
-    off = ALIGN64(off + cls_prog_size(p1, k->len[1]));
+    off = FT_ALIGN64(off + cls_prog_size(p1, k->len[1]));
     if (off > 0xFFFFFFC0ull)
         return 0;
     if (s) {
-        s->o_conns = o_conns;
-        s->o_buckets = o_buckets;
         s->o_prog[0] = o_prog[0];
         s->o_prog[1] = o_prog[1];
     }
@@ -187,22 +166,8 @@ static uint32_t sfw_state_size(const uint8_t *cfg, uint32_t len)
     return n ? (uint32_t)n : sizeof(struct sfw_state);
 }
 
-#define CONNS(s) ((struct sfw_conn *)((uint8_t *)(s) + (s)->o_conns))
-#define BUCKETS(s) ((struct sfw_bucket *)((uint8_t *)(s) + (s)->o_buckets))
+#define CONNS(s) ((struct sfw_conn *)(s)->ft.ents)
 #define PROG(s, i) ((const struct cls_prog *)((const uint8_t *)(s) + (s)->o_prog[i]))
-
-static void sfw_reset(struct sfw_state *s)
-{
-    struct sfw_conn *c = CONNS(s);
-    uint32_t i;
-    memset(c, 0, (uint64_t)s->cap * sizeof(struct sfw_conn));
-    for (i = 0; i < s->cap; i++)
-        c[i].next = i + 1 < s->cap ? i + 1 : SFW_NONE;
-    s->free_head = 0;
-    memset(BUCKETS(s), 0, (uint64_t)(s->mask + 1) * sizeof(struct sfw_bucket));
-    s->live = 0;
-    s->sweep = 0;
-}
 
 static int sfw_init(struct mb_elem *e)
 {
@@ -214,8 +179,6 @@ static int sfw_init(struct mb_elem *e)
         return mb_fail(e, "bad configuration");
     if (sfw_layout(e->cfg, &k, s) == 0)
         return mb_fail(e, "configuration too large");
-    s->cap = k.cap;
-    s->mask = sfw_buckets(k.cap) - 1;
     for (i = 0; i < 5; i++)
         s->to[i] = k.to[i];
     err = cls_prog_load((struct cls_prog *)((uint8_t *)s + s->o_prog[0]),
@@ -228,7 +191,7 @@ static int sfw_init(struct mb_elem *e)
     if (!(PROG(s, 0)->flags & CLS_F_IP) || !(PROG(s, 1)->flags & CLS_F_IP))
         return mb_fail(e, "rules are not an IP program");
     s->seed = 0x5F3C0A1Bu ^ k.cap;
-    sfw_reset(s);
+    ft_reset(&s->ft);
     return 0;
 }
 
@@ -246,22 +209,6 @@ static inline uint64_t sfw_hash(uint32_t seed, uint32_t proto, uint32_t s, uint3
     h *= 0xD6E8FEB86659FD93ull;
     h ^= h >> 32;
     return h;
-}
-
-static inline uint16_t sfw_sig(uint64_t h)
-{
-    uint16_t sg = (uint16_t)(h >> 48);
-    return sg ? sg : 1;
-}
-
-static inline uint32_t sfw_b1(const struct sfw_state *s, uint64_t h)
-{
-    return (uint32_t)h & s->mask;
-}
-
-static inline uint32_t sfw_b2(const struct sfw_state *s, uint64_t h)
-{
-    return (uint32_t)(h >> 20) & s->mask;
 }
 
 static inline uint64_t sfw_conn_hash(const struct sfw_state *s, const struct sfw_conn *c)
@@ -287,106 +234,54 @@ static inline int sfw_match(const struct sfw_conn *c, const struct sfw_key *k)
     return -1;
 }
 
-static inline uint32_t sfw_bucket_find(const struct sfw_state *s, const struct sfw_bucket *b,
-                                       uint16_t sg, const struct sfw_key *k, int *dir)
+/* Flow table callbacks (ctx: the state; the sweep's: the element). */
+static inline int sfw_ft_match(const void *ctx, uint32_t i, const void *key)
 {
-    const struct sfw_conn *conns = CONNS(s);
-    for (uint32_t j = 0; j < SFW_SLOTS; j++)
-        if (b->sig[j] == sg) {
-            int d = sfw_match(&conns[b->idx[j]], k);
-            if (d >= 0) {
-                *dir = d;
-                return b->idx[j];
-            }
-        }
-    return SFW_NONE;
+    return sfw_match(&CONNS((const struct sfw_state *)ctx)[i], key);
 }
 
+static uint64_t sfw_ft_hash(const void *ctx, uint32_t i)
+{
+    const struct sfw_state *s = ctx;
+    return sfw_conn_hash(s, &CONNS(s)[i]);
+}
+
+/* The connection with key k, its direction in *dir; or SFW_NONE. */
 static inline uint32_t sfw_lookup(const struct sfw_state *s, uint64_t h,
                                   const struct sfw_key *k, int *dir)
 {
-    const struct sfw_bucket *bk = BUCKETS(s);
-    uint16_t sg = sfw_sig(h);
-    uint32_t i = sfw_bucket_find(s, &bk[sfw_b1(s, h)], sg, k, dir);
-    if (i != SFW_NONE)
-        return i;
-    return sfw_bucket_find(s, &bk[sfw_b2(s, h)], sg, k, dir);
-}
-
-static inline int sfw_bucket_put(struct sfw_bucket *b, uint16_t sg, uint32_t idx)
-{
-    for (uint32_t j = 0; j < SFW_SLOTS; j++)
-        if (b->sig[j] == 0) {
-            b->sig[j] = sg;
-            b->idx[j] = idx;
-            return 0;
-        }
-    return -1;
-}
-
-/* Both buckets of a new entry are full: move one entry of bucket bi to its
- * other bucket and put (sg, idx) in its slot. */
-static int sfw_displace(struct sfw_state *s, uint32_t bi, uint16_t sg, uint32_t idx)
-{
-    struct sfw_bucket *bk = BUCKETS(s), *b = &bk[bi];
-    for (uint32_t j = 0; j < SFW_SLOTS; j++) {
-        uint64_t oh = sfw_conn_hash(s, &CONNS(s)[b->idx[j]]);
-        uint32_t alt = sfw_b1(s, oh) == bi ? sfw_b2(s, oh) : sfw_b1(s, oh);
-        if (alt != bi && sfw_bucket_put(&bk[alt], b->sig[j], b->idx[j]) == 0) {
-            b->sig[j] = sg;
-            b->idx[j] = idx;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static inline void sfw_bucket_del(struct sfw_bucket *b, uint32_t idx)
-{
-    for (uint32_t j = 0; j < SFW_SLOTS; j++)
-        if (b->sig[j] != 0 && b->idx[j] == idx) {
-            b->sig[j] = 0;
-            return;
-        }
+    return ft_find(&s->ft, h, sfw_ft_match, s, k, dir);
 }
 
 /* --- entries ---------------------------------------------------------------- */
 
-static void sfw_free(struct sfw_state *s, uint32_t i)
+/* Unindex and free connection i (ctx: the state). */
+static void sfw_free(void *ctx, uint32_t i)
 {
+    struct sfw_state *s = ctx;
     struct sfw_conn *c = &CONNS(s)[i];
     uint64_t h = sfw_conn_hash(s, c);
-    struct sfw_bucket *bk = BUCKETS(s);
-    sfw_bucket_del(&bk[sfw_b1(s, h)], i);
-    sfw_bucket_del(&bk[sfw_b2(s, h)], i);
     c->flags = 0;
-    c->next = s->free_head;
-    s->free_head = i;
-    s->live--;
+    ft_remove(&s->ft, i, h);
 }
 
 static inline int sfw_expired(const struct sfw_state *s, const struct sfw_conn *c)
 {
-    return c->expires <= s->now;
+    return ft_expired(&s->ft, c->expires);
 }
 
-static uint32_t sfw_sweep(struct mb_elem *e, struct sfw_state *s, uint32_t count)
+/* FT_FREE, FT_LIVE or FT_EXPIRED (ctx: the state). */
+static int sfw_ft_state(const void *ctx, uint32_t i)
 {
-    struct sfw_conn *conns = CONNS(s);
-    uint32_t freed = 0;
-    if (count > s->cap)
-        count = s->cap;
-    while (count--) {
-        uint32_t i = s->sweep;
-        if (++s->sweep == s->cap)
-            s->sweep = 0;
-        if ((conns[i].flags & F_USED) && sfw_expired(s, &conns[i])) {
-            sfw_free(s, i);
-            e->xstat[X_EXPIRED]++;
-            freed++;
-        }
-    }
-    return freed;
+    const struct sfw_conn *c = &CONNS((const struct sfw_state *)ctx)[i];
+    return !(c->flags & F_USED) ? FT_FREE : sfw_expired(ctx, c) ? FT_EXPIRED : FT_LIVE;
+}
+
+static inline uint32_t sfw_sweep(struct mb_elem *e, struct sfw_state *s, uint32_t count)
+{
+    uint32_t n = ft_sweep(&s->ft, count, sfw_ft_state, sfw_free, s);
+    e->xstat[X_EXPIRED] += n;
+    return n;
 }
 
 static inline uint64_t sfw_timeout(const struct sfw_state *s, const struct sfw_conn *c)
@@ -404,7 +299,7 @@ static inline uint64_t sfw_timeout(const struct sfw_state *s, const struct sfw_c
 
 static inline void sfw_touch(const struct sfw_state *s, struct sfw_conn *c)
 {
-    c->expires = s->now + sfw_timeout(s, c);
+    c->expires = s->ft.now + sfw_timeout(s, c);
 }
 
 /* A new connection for key k opened from `side`; its index, or SFW_NONE
@@ -412,24 +307,18 @@ static inline void sfw_touch(const struct sfw_state *s, struct sfw_conn *c)
 static uint32_t sfw_create(struct mb_elem *e, struct sfw_state *s, uint64_t h,
                            const struct sfw_key *k, uint32_t side)
 {
-    struct sfw_bucket *bk = BUCKETS(s);
     struct sfw_conn *c;
     uint32_t i;
-    uint16_t sg = sfw_sig(h);
-    if (s->free_head == SFW_NONE && sfw_sweep(e, s, SFW_RECLAIM) == 0) {
+    if (ft_full(&s->ft) && sfw_sweep(e, s, SFW_RECLAIM) == 0) {
         e->xstat[X_FULL]++;
         return SFW_NONE;
     }
-    i = s->free_head;
-    if (sfw_bucket_put(&bk[sfw_b1(s, h)], sg, i) != 0 &&
-        sfw_bucket_put(&bk[sfw_b2(s, h)], sg, i) != 0 &&
-        sfw_displace(s, sfw_b1(s, h), sg, i) != 0 &&
-        sfw_displace(s, sfw_b2(s, h), sg, i) != 0) {
+    i = ft_insert(&s->ft, h, sfw_ft_hash, s);
+    if (i == SFW_NONE) {
         e->xstat[X_FULL]++;             /* 2 + 16 buckets full: vanishingly rare */
         return SFW_NONE;
     }
     c = &CONNS(s)[i];
-    s->free_head = c->next;
     c->a = k->s;
     c->b = k->d;
     c->ap = k->sp;
@@ -438,8 +327,6 @@ static uint32_t sfw_create(struct mb_elem *e, struct sfw_state *s, uint64_t h,
     c->state = k->proto == PROTO_TCP ? ST_SYN_SENT : ST_NONE;
     c->side = (uint8_t)side;
     c->flags = F_USED;
-    c->next = SFW_NONE;
-    s->live++;
     e->xstat[X_NEW]++;
     sfw_touch(s, c);
     return i;
@@ -697,17 +584,6 @@ fresh:
     mb_emit(e, side, p);
 }
 
-static inline void sfw_prefetch_conn(const struct sfw_state *s, uint64_t h)
-{
-    const struct sfw_bucket *b = &BUCKETS(s)[sfw_b1(s, h)];
-    uint16_t sg = sfw_sig(h);
-    for (uint32_t j = 0; j < SFW_SLOTS; j++)
-        if (b->sig[j] == sg) {
-            MB_PREFETCH(&CONNS(s)[b->idx[j]]);
-            return;
-        }
-}
-
 static void sfw_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
     struct sfw_state *s = e->state;
@@ -716,8 +592,7 @@ static void sfw_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
     uint64_t hs[SFW_CHUNK];
     uint32_t base, j, m;
 
-    if (now > s->now)
-        s->now = now;
+    ft_advance(&s->ft, now);
     sfw_sweep(e, s, SFW_SWEEP);
     for (base = 0; base < n; base += m) {
         m = n - base < SFW_CHUNK ? n - base : SFW_CHUNK;
@@ -726,18 +601,17 @@ static void sfw_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
             if (qs[j].kind == K_TRACK) {
                 const struct sfw_key *k = &qs[j].k;
                 hs[j] = sfw_hash(s->seed, k->proto, k->s, k->sp, k->d, k->dp);
-                MB_PREFETCH(&BUCKETS(s)[sfw_b1(s, hs[j])]);
+                ft_prefetch_bucket(&s->ft, hs[j]);
             } else {
                 hs[j] = 0;
             }
         }
         for (j = 0; j < m; j++)
             if (qs[j].kind == K_TRACK)
-                sfw_prefetch_conn(s, hs[j]);
+                ft_prefetch_entry(&s->ft, hs[j]);
         for (j = 0; j < m; j++) {
             struct mb_packet *p = pkts[base + j];
-            if (p->ts_ns > s->now)
-                s->now = p->ts_ns;
+            ft_advance(&s->ft, p->ts_ns);
             sfw_one(e, s, p, &qs[j], hs[j]);
         }
     }
@@ -749,51 +623,30 @@ static int sfw_control(struct mb_elem *e, const uint8_t *msg, uint32_t len)
 {
     if (len != 1 || msg[0] != 1)
         return mb_fail(e, "unknown control message");
-    sfw_reset(e->state);
+    ft_reset(&((struct sfw_state *)e->state)->ft);
     return 0;
 }
 
-static inline void le32w(uint8_t *b, uint32_t v)
+/* Query record of connection i (ctx: the state). */
+static void sfw_q_record(const void *ctx, uint32_t i, uint8_t *r)
 {
-    b[0] = (uint8_t)v;
-    b[1] = (uint8_t)(v >> 8);
-    b[2] = (uint8_t)(v >> 16);
-    b[3] = (uint8_t)(v >> 24);
+    const struct sfw_conn *c = &CONNS((const struct sfw_state *)ctx)[i];
+    r[0] = c->proto;
+    r[1] = c->state;
+    r[2] = c->side;
+    r[3] = (uint8_t)((c->flags & F_REPLIED) != 0);
+    ft_put32(r + 4, c->a);
+    ft_put32(r + 8, c->b);
+    ft_put32(r + 12, c->ap);
+    ft_put32(r + 16, c->bp);
+    ft_put32(r + 20, 0);
+    ft_put64(r + 24, c->expires);
 }
 
 static uint32_t sfw_query(struct mb_elem *e, uint32_t what, uint8_t *out, uint32_t cap)
 {
     struct sfw_state *s = e->state;
-    const struct sfw_conn *conns = CONNS(s);
-    uint32_t i, w = 16;
-    if (cap < 16)
-        return 0;
-    for (i = what; i < s->cap; i++) {
-        const struct sfw_conn *c = &conns[i];
-        uint8_t *r;
-        if (!(c->flags & F_USED) || sfw_expired(s, c))
-            continue;
-        if (cap - w < 32)
-            break;
-        r = out + w;
-        r[0] = c->proto;
-        r[1] = c->state;
-        r[2] = c->side;
-        r[3] = (uint8_t)((c->flags & F_REPLIED) != 0);
-        le32w(r + 4, c->a);
-        le32w(r + 8, c->b);
-        le32w(r + 12, c->ap);
-        le32w(r + 16, c->bp);
-        le32w(r + 20, 0);
-        le32w(r + 24, (uint32_t)c->expires);
-        le32w(r + 28, (uint32_t)(c->expires >> 32));
-        w += 32;
-    }
-    le32w(out, i >= s->cap ? SFW_NONE : i);
-    le32w(out + 4, s->live);
-    le32w(out + 8, (uint32_t)s->now);
-    le32w(out + 12, (uint32_t)(s->now >> 32));
-    return w;
+    return ft_query(&s->ft, what, out, cap, 32, sfw_ft_state, sfw_q_record, s);
 }
 
 MB_KERNEL(statefulfw) = {

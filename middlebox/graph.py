@@ -11,9 +11,8 @@ Built from YAML by middlebox.loader, or directly:
     g.check()
 """
 
+import heapq
 import re
-
-import networkx as nx
 
 from middlebox.errors import ConfigError
 
@@ -120,12 +119,11 @@ class Graph:
                 raise self._err(f"output {c.sport} connected twice (to '{seen_out[key]}' and "
                                 f"'{c.dst}'); use a Tee to copy packets", c.src, c.line)
             seen_out[key] = c.dst
-        g = self.digraph()
-        try:
-            cycle = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
+        if self._topological() is None:
+            # a cycle: let networkx find one to name (imported only here:
+            # `run` does not pay for it)
+            import networkx as nx
+            cycle = nx.find_cycle(self.digraph())
             path = " -> ".join([cycle[0][0]] + [edge[1] for edge in cycle])
             first = next(c for c in self.connections if (c.src, c.dst) == cycle[0][:2])
             raise self._err(f"connections form a cycle: {path}", cycle[0][0], first.line)
@@ -138,13 +136,14 @@ class Graph:
                     raise ConfigError(f"device '{dev}' already has a receiver ('{rx[dev]}')",
                                       self.file, e.line, n)
                 rx[dev] = n
+        fed = {c.dst for c in self.connections}
         for n, e in els.items():
             for port in range(self.nout[n]):
                 if (n, port) not in seen_out:
                     warnings.append(str(self._err(
                         f"output {port} is not connected; its packets are dropped and counted",
                         n, e.line)))
-            if self.nin[n] > 0 and g.in_degree(n) == 0:
+            if self.nin[n] > 0 and n not in fed:
                 warnings.append(str(self._err("no input is connected; it never sees a packet",
                                               n, e.line)))
         self.warnings = warnings
@@ -153,6 +152,7 @@ class Graph:
 
     def digraph(self):
         """The graph as a networkx MultiDiGraph (edge keys: ports)."""
+        import networkx as nx
         g = nx.MultiDiGraph(name=self.name)
         for n, e in self.elements.items():
             g.add_node(n, cls=type(e).__name__, element=e)
@@ -164,8 +164,30 @@ class Graph:
         """Element names in topological order, ties in declaration order."""
         if not self._checked:
             self.check()
+        return self._topological()
+
+    def _topological(self):
+        """Kahn's algorithm, the ready element declared first going first (as
+        networkx's lexicographical_topological_sort keyed by declaration
+        order); None if the connections form a cycle."""
         rank = {n: i for i, n in enumerate(self.elements)}
-        return list(nx.lexicographical_topological_sort(self.digraph(), key=rank.__getitem__))
+        indegree = dict.fromkeys(self.elements, 0)
+        after = {n: [] for n in self.elements}
+        for c in self.connections:
+            after[c.src].append(c.dst)
+            indegree[c.dst] += 1
+        ready = [rank[n] for n, d in indegree.items() if d == 0]
+        heapq.heapify(ready)
+        names = list(self.elements)
+        out = []
+        while ready:
+            n = names[heapq.heappop(ready)]
+            out.append(n)
+            for m in after[n]:
+                indegree[m] -= 1
+                if indegree[m] == 0:
+                    heapq.heappush(ready, rank[m])
+        return out if len(out) == len(names) else None
 
     def devices(self):
         """Logical device names in order of first appearance."""

@@ -12,6 +12,10 @@ Python object per packet, so the C engine can take it as it is::
     write("out.pcapng", cap)
     write_records("out.pcap", 1, data, offsets, lengths, timestamps)
 
+For a run, open_capture() gives a classic pcap as a ClassicFile instead:
+the mapped file, whose records the engine reads in place while it runs
+(no arrays, no numpy); Engine.run_to_files() writes outputs the same way.
+
 Reading understands classic pcap (microsecond and nanosecond magic, either
 byte order) and pcapng (either byte order, several sections, if_tsresol and
 if_tsoffset, enhanced, simple and obsolete packet blocks; other blocks are
@@ -20,14 +24,29 @@ Packets are numbered from 1 in messages, as Wireshark numbers them.
 """
 
 import os
+import stat
 import struct
 from array import array
 
-import numpy as np
-
 from middlebox.errors import RunError
 
-__all__ = ["Capture", "read", "parse", "write", "write_records", "MAX_CAPLEN"]
+
+class _Numpy:
+    """numpy, imported on first use: `middlebox run` over classic pcaps
+    (open_capture, file_header) never needs it, and its import is a large
+    part of that command's start-up."""
+
+    def __getattr__(self, name):
+        global np
+        import numpy
+        np = numpy
+        return getattr(numpy, name)
+
+
+np = _Numpy()
+
+__all__ = ["Capture", "ClassicFile", "read", "open_capture", "parse", "write", "write_records",
+           "file_header", "MAX_CAPLEN"]
 
 #: Largest captured length accepted when reading (lenient: tcpdump's default
 #: snap length is 262144).
@@ -163,12 +182,23 @@ def _seconds_to_ns(t):
 # --------------------------------------------------------------------------
 # reading
 
-def read(path):
-    """Read a classic pcap or pcapng file into a Capture."""
+def read(path, map=False):
+    """Read a classic pcap or pcapng file into a Capture (data: bytes).
+
+    ``map=True`` maps a regular file into memory (read-only) instead of
+    copying it: the Capture's data is then an mmap of the file itself, which
+    must not change while the Capture is used."""
     name = os.fspath(path)
+    return parse(_load(name, map), name)
+
+
+def _load(name, map):
+    """A file's bytes (or a read-only mapping of them); errors as RunError."""
     try:
         with open(name, "rb") as f:
-            buf = f.read()
+            buf = _map(f) if map else None
+            if buf is None:
+                buf = f.read()
     except FileNotFoundError:
         raise RunError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -177,12 +207,69 @@ def read(path):
         raise RunError(f"{name}: permission denied") from None
     except OSError as e:
         raise RunError(f"{name}: {_reason(e)}") from None
+    return buf
+
+
+def _map(f):
+    """A read-only mapping of a regular, non-empty file, or None."""
+    import mmap
+    try:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(f.fileno(), st.st_size, flags=flags, prot=mmap.PROT_READ)
+    except (OSError, ValueError, OverflowError):
+        return None
+
+
+class ClassicFile:
+    """A classic pcap file held whole in memory (mapped, usually), whose
+    records the engine reads in place as packets enter (open_capture): no
+    index arrays, no pass over the file before the run."""
+
+    __slots__ = ("name", "data", "linktype", "nanos", "swapped")
+
+    def __init__(self, name, data, linktype, nanos, swapped):
+        self.name, self.data, self.linktype = name, data, linktype
+        self.nanos, self.swapped = nanos, swapped
+
+    def __repr__(self):
+        return (f"<ClassicFile {self.name!r} linktype={self.linktype} "
+                f"{'ns' if self.nanos else 'us'}>")
+
+
+def open_capture(path, map=True):
+    """A capture file ready for a run: a ClassicFile for classic pcap (its
+    header checked; a bad record is reported when the run reaches it, as
+    record_error says), else a Capture read whole (pcapng). Errors are
+    read()'s."""
+    name = os.fspath(path)
+    buf = _load(name, map)
+    if len(buf) >= 4:
+        magic = struct.unpack_from("<I", buf, 0)[0]
+        if magic in _CLASSIC:
+            endian, nanos = _CLASSIC[magic]
+            if len(buf) < 24:
+                raise RunError(f"{name}: truncated pcap file header")
+            network = struct.unpack_from(endian + "I", buf, 20)[0]
+            return ClassicFile(name, buf, network & 0xFFFF, nanos, endian == ">")
     return parse(buf, name)
 
 
+def record_error(name, problem):
+    """The RunError for a bad classic pcap record: problem is ("truncated",
+    byte position) or ("caplen", packet number, captured length)."""
+    if problem[0] == "truncated":
+        return RunError(f"{name}: truncated packet record at byte {problem[1]}")
+    return RunError(f"{name}: packet {problem[1]} has captured length "
+                    f"{problem[2]}, over the snap length")
+
+
 def parse(buf, name="<capture>"):
-    """Parse the bytes of a whole capture file; ``name`` is used in errors."""
-    if not isinstance(buf, bytes):
+    """Parse the bytes of a whole capture file; ``name`` is used in errors.
+    ``buf`` is bytes-like (a read-only mmap is used as it is)."""
+    if not isinstance(buf, bytes) and type(buf).__name__ != "mmap":
         buf = bytes(buf)
     if len(buf) < 4:
         raise RunError(f"{name}: not a pcap or pcapng file")
@@ -201,6 +288,13 @@ def _parse_classic(buf, name, endian, nanos):
         raise RunError(f"{name}: truncated pcap file header")
     _, _, _, _, _, network = struct.unpack_from(endian + "HHiIII", buf, 4)
     linktype = network & 0xFFFF  # upper bits may carry FCS information
+    index = _index_classic_c()
+    if index is not None:
+        # one walk over the record headers, in C (middlebox.runtime._engine)
+        offsets, lengths, timestamps, problem = index(buf, endian == ">", nanos, MAX_CAPLEN)
+        if problem is None:
+            return Capture(linktype, buf, offsets, lengths, timestamps, nanos)
+        raise record_error(name, problem)
     u32 = np.dtype(endian + "u4")
 
     data_pos = None
@@ -248,6 +342,16 @@ def _parse_classic(buf, name, endian, nanos):
         lengths = np.zeros(0, dtype=np.uint32)
         timestamps = np.zeros(0, dtype=np.uint64)
     return Capture(linktype, buf, data_pos, lengths, timestamps, nanos)
+
+
+def _index_classic_c():
+    """The C indexer of classic pcap records, or None if the host extension
+    is not built (the numpy code below then does the same)."""
+    try:
+        from middlebox.runtime._engine import index_classic
+    except ImportError:
+        return None
+    return index_classic
 
 
 def _index_classic(buf, name, endian):
@@ -608,8 +712,7 @@ def write_records(path, linktype, data, offsets, lengths, timestamps,
         frac = timestamps % np.uint64(_NS)
         if not nanos:
             frac //= np.uint64(1000)
-        header = struct.pack("<IHHiIII", _MAGIC_NS if nanos else _MAGIC_US,
-                             2, 4, 0, 0, snaplen, linktype)
+        header = file_header("pcap", linktype, snaplen, nanos)
         rec = np.empty((n, 4), dtype="<u4")
         rec[:, 0] = secs
         rec[:, 1] = frac
@@ -619,7 +722,7 @@ def write_records(path, linktype, data, offsets, lengths, timestamps,
         suffix = None
         align = 1
     else:
-        header = _pcapng_header(linktype, snaplen)
+        header = file_header("pcapng", linktype, snaplen)
         padded = (lengths.astype(np.uint64) + np.uint64(3)) & ~np.uint64(3)
         total = padded + np.uint64(32)
         rec = np.empty((n, 7), dtype="<u4")
@@ -646,6 +749,21 @@ def _reason(e):
     """An OSError's reason, lowercase as in the project's messages."""
     text = e.strerror or str(e)
     return text[:1].lower() + text[1:]
+
+
+def file_header(fmt, linktype, snaplen=65535, nanos=True):
+    """The bytes a capture file of format fmt ("pcap" or "pcapng") starts
+    with, as write_records writes them: the classic file header (ns or us
+    magic), or a section header and one interface (if_tsresol 9)."""
+    if fmt == "pcap":
+        return struct.pack("<IHHiIII", _MAGIC_NS if nanos else _MAGIC_US,
+                           2, 4, 0, 0, snaplen, linktype)
+    return _pcapng_header(linktype, snaplen)
+
+
+def choose_format(name, format=None):
+    """"pcap" or "pcapng" for an output path (by extension unless format)."""
+    return _choose_format(os.fspath(name), format)
 
 
 def _choose_format(name, format):

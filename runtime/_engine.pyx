@@ -7,17 +7,18 @@ only for Python elements (with the GIL taken back for their batch).
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.errno cimport EINTR, EIO, errno
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
+from posix.unistd cimport write
 from posix.stdlib cimport posix_memalign
+from cython.view cimport array as cvarray
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import threading
 
-import numpy as np
-cimport numpy as cnp
-
-cnp.import_array()
+# numpy is imported where arrays are made, not here: `middlebox run` over
+# classic pcaps never needs it (its import is a fifth of the start-up).
 
 
 cdef extern from "mb.h":
@@ -67,6 +68,7 @@ cdef extern from "mb.h":
 
     mb_packet *mb_alloc(mb_engine *eng) nogil
     void mb_free(mb_engine *eng, mb_packet *p) nogil
+    void mb_free_batch(mb_engine *eng, mb_packet **pkts, uint32_t n) nogil
     void mb_emit(mb_elem *e, uint32_t port, mb_packet *p) nogil
     void mb_drop(mb_elem *e, mb_packet *p) nogil
     uint32_t mb_max_len(const mb_engine *eng) nogil
@@ -104,6 +106,7 @@ cdef extern from "engine.h":
         uint32_t bufsize
         uint32_t headroom
 
+    uint32_t mb_plan_checksum(const uint8_t *b, uint32_t n) nogil
     uint64_t mb_engine_size(const uint8_t *plan, uint32_t len, const mb_engine_opts *opts,
                             const mb_kernel *const *kernels, uint32_t nkernels,
                             char *err, uint32_t errlen)
@@ -132,17 +135,48 @@ class EngineError(Exception):
     """The engine refused a plan or failed while running."""
 
 
-# Output collected for one device while running: packet bytes and records.
-cdef struct outbuf:
+class WriteError(EngineError):
+    """Writing a device's capture failed while running: .dev (device
+    index), .errno (0: a timestamp classic pcap cannot hold), .packet
+    (1-based number of the packet being written)."""
+
+    def __init__(self, dev, errno, packet):
+        super().__init__(f"device {dev}: write failed")
+        self.dev, self.errno, self.packet = dev, errno, packet
+
+
+# What happens to a device's transmitted packets while running.
+cdef enum:
+    SINK_NONE = 0       # counted and freed
+    SINK_MEMORY = 1     # collected: packet bytes + (offset, length, timestamp) records
+    SINK_FILE = 2       # written to a file as capture records
+
+# Record formats of a file sink.
+cdef enum:
+    FMT_PCAP_US = 0
+    FMT_PCAP_NS = 1
+    FMT_PCAPNG = 2
+
+# Bytes a file sink gathers before one write() (plus room for one record).
+cdef enum:
+    SINK_FILE_BUFFER = 1 << 20
+
+
+cdef struct sink:
+    int mode
+    int fmt
+    int fd
+    int err              # errno of a failed write; -1: timestamp out of range
     uint8_t *data
     uint64_t used
     uint64_t cap
-    uint64_t *rec        # (offset, length, timestamp) triples
+    uint64_t *rec        # memory: (offset, length, timestamp) triples
     uint64_t nrec
     uint64_t reccap
+    uint64_t count       # file: records written into the buffer
 
 
-cdef int outbuf_add(outbuf *o, mb_packet *p) noexcept nogil:
+cdef int sink_memory_add(sink *o, mb_packet *p) noexcept nogil:
     cdef uint64_t need = o.used + p.len
     cdef uint64_t ncap
     cdef void *np_
@@ -169,6 +203,256 @@ cdef int outbuf_add(outbuf *o, mb_packet *p) noexcept nogil:
     o.nrec += 1
     o.used = need
     return 0
+
+
+cdef inline void put_le32(uint8_t *b, uint32_t v) noexcept nogil:
+    b[0] = <uint8_t>v
+    b[1] = <uint8_t>(v >> 8)
+    b[2] = <uint8_t>(v >> 16)
+    b[3] = <uint8_t>(v >> 24)
+
+
+cdef int sink_flush(sink *o) noexcept nogil:
+    """Write out what the buffer holds; -1 (errno in o.err) on failure."""
+    cdef uint64_t done = 0
+    cdef ssize_t r
+    while done < o.used:
+        r = write(o.fd, o.data + done, o.used - done)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            o.err = errno
+            return -1
+        if r == 0:
+            o.err = EIO
+            return -1
+        done += <uint64_t>r
+    o.used = 0
+    return 0
+
+
+cdef int sink_file_add(sink *o, mb_packet *p) noexcept nogil:
+    """Append p as one capture record (classic pcap or pcapng EPB)."""
+    cdef uint32_t n = p.len
+    cdef uint32_t padded = (n + 3) & ~(<uint32_t>3)
+    cdef uint64_t need = (32 + padded) if o.fmt == FMT_PCAPNG else (16 + n)
+    cdef uint64_t secs, frac
+    cdef uint8_t *b
+    if o.used + need > o.cap and sink_flush(o) != 0:
+        return -1
+    b = o.data + o.used
+    if o.fmt == FMT_PCAPNG:
+        put_le32(b, 6)                                  # enhanced packet block
+        put_le32(b + 4, <uint32_t>need)
+        put_le32(b + 8, 0)                              # interface 0
+        put_le32(b + 12, <uint32_t>(p.ts_ns >> 32))     # if_tsresol 9: ns
+        put_le32(b + 16, <uint32_t>p.ts_ns)
+        put_le32(b + 20, n)
+        put_le32(b + 24, n)
+        memcpy(b + 28, p.data, n)
+        if padded != n:
+            memset(b + 28 + n, 0, padded - n)
+        put_le32(b + 28 + padded, <uint32_t>need)
+    else:
+        secs = p.ts_ns // 1000000000ULL
+        if secs > 0xFFFFFFFFULL:
+            o.err = -1
+            return -1
+        frac = p.ts_ns % 1000000000ULL
+        if o.fmt == FMT_PCAP_US:
+            frac //= 1000
+        put_le32(b, <uint32_t>secs)
+        put_le32(b + 4, <uint32_t>frac)
+        put_le32(b + 8, n)
+        put_le32(b + 12, n)
+        memcpy(b + 16, p.data, n)
+    o.used += need
+    o.count += 1
+    return 0
+
+
+cdef int sinks_drain(mb_engine *eng, sink *sinks, uint32_t ndev) noexcept nogil:
+    """Take every device's transmitted packets into its sink and free them.
+    Returns -1 once a sink failed (packets are still taken and freed)."""
+    cdef mb_packet *txb[256]
+    cdef uint32_t d, m, i
+    cdef int rc = 0
+    cdef sink *o
+    for d in range(ndev):
+        o = &sinks[d]
+        while True:
+            m = mb_engine_tx(eng, d, txb, 256)
+            if m == 0:
+                break
+            if o.mode == SINK_MEMORY and rc == 0:
+                for i in range(m):
+                    if sink_memory_add(o, txb[i]) != 0:
+                        rc = -1
+                        break
+            elif o.mode == SINK_FILE and rc == 0:
+                for i in range(m):
+                    if sink_file_add(o, txb[i]) != 0:
+                        rc = -1
+                        break
+            mb_free_batch(eng, txb, m)
+    return rc
+
+
+cdef sink *sinks_new(uint32_t ndev):
+    cdef sink *s = <sink *>calloc(ndev + 1, sizeof(sink))
+    if s == NULL:
+        raise MemoryError()
+    return s
+
+
+cdef void sinks_free(sink *s, uint32_t ndev) noexcept:
+    cdef uint32_t d
+    if s == NULL:
+        return
+    for d in range(ndev):
+        free(s[d].data)
+        free(s[d].rec)
+    free(s)
+
+
+cdef object sink_collected(sink *o):
+    """A memory sink's packets as (data, offsets, lengths, timestamps); the
+    data buffer is handed over, not copied."""
+    cdef cvarray owner
+    cdef uint64_t[:, ::1] recv
+    import numpy as np
+    if o.used:
+        owner = cvarray(shape=(o.used,), itemsize=1, format="B", mode="c",
+                        allocate_buffer=False)
+        owner.data = <char *>o.data
+        owner.callback_free_data = free
+        o.data = NULL
+        data = np.asarray(owner)
+    else:
+        data = b""
+    rec = np.empty((o.nrec, 3), dtype=np.uint64)
+    if o.nrec:
+        recv = rec
+        memcpy(&recv[0, 0], o.rec, o.nrec * 3 * sizeof(uint64_t))
+    return (data, rec[:, 0].copy(), rec[:, 1].astype(np.uint32), rec[:, 2].copy())
+
+
+class ReadError(EngineError):
+    """A classic pcap input turned out bad while running: .input (its index
+    in run_inputs' list), .problem: ("truncated", byte position of the
+    record) or ("caplen", packet number, captured length)."""
+
+    def __init__(self, input, problem):
+        super().__init__(f"input {input}: bad record")
+        self.input, self.problem = input, problem
+
+
+# How run_inputs reads a capture.
+cdef enum:
+    SRC_ARRAYS = 0      # index arrays over a buffer (middlebox.pcap.Capture)
+    SRC_CLASSIC = 1     # a classic pcap file's records, read in place as they enter
+
+
+cdef struct source:
+    int kind
+    const uint8_t *buf
+    uint64_t buflen
+    uint32_t dev
+    # SRC_ARRAYS: packet k is buf[off[k]:+len[k]], time ts[k]
+    const uint64_t *off
+    const uint32_t *len
+    const uint64_t *ts
+    uint64_t n
+    uint64_t k
+    # SRC_CLASSIC: the next record header is at pos
+    uint64_t pos
+    uint64_t mul         # ns per unit of the timestamp fraction (1 or 1000)
+    uint32_t maxcap
+    int swapped
+    uint64_t nread       # records read
+    int err              # 1: truncated record at err_pos; 2: caplen err_caplen
+    uint64_t err_pos
+    uint64_t err_caplen
+    # the next packet, if has
+    int has
+    uint64_t h_off
+    uint32_t h_len
+    uint64_t h_ts
+
+
+cdef inline uint32_t rd32(const uint8_t *b, int swapped) noexcept nogil:
+    if swapped:
+        return (<uint32_t>b[0] << 24) | (<uint32_t>b[1] << 16) | (<uint32_t>b[2] << 8) | b[3]
+    return (<uint32_t>b[3] << 24) | (<uint32_t>b[2] << 16) | (<uint32_t>b[1] << 8) | b[0]
+
+
+cdef extern from *:
+    """
+    #define MB_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    """
+    void MB_PREFETCH(const void *p) nogil
+
+# How far ahead of the record being read a classic pcap is prefetched: the
+# walk from record to record is a chain of dependent loads, which the
+# hardware prefetcher does not run far enough ahead of (page boundaries).
+cdef enum:
+    READ_AHEAD = 4096
+
+
+cdef inline int source_next(source *s) noexcept nogil:
+    """Load the place and time of s's next packet (has = 0 at the end).
+    -1 on a bad classic record (has = 0, err set)."""
+    cdef uint64_t caplen, pos = s.pos
+    if s.kind == SRC_ARRAYS:
+        if s.k < s.n:
+            if s.off[s.k] < s.buflen and s.buflen - s.off[s.k] > READ_AHEAD:
+                MB_PREFETCH(s.buf + s.off[s.k] + READ_AHEAD)
+            s.h_off = s.off[s.k]
+            s.h_len = s.len[s.k]
+            s.h_ts = s.ts[s.k]
+            s.k += 1
+            s.has = 1
+        else:
+            s.has = 0
+        return 0
+    s.has = 0
+    if pos >= s.buflen:
+        return 0
+    if s.buflen - pos > READ_AHEAD:
+        MB_PREFETCH(s.buf + pos + READ_AHEAD)
+    if s.buflen - pos < 16:
+        s.err = 1
+        s.err_pos = pos
+        return -1
+    caplen = rd32(s.buf + pos + 8, s.swapped)
+    if caplen > s.maxcap:
+        s.err = 2
+        s.err_caplen = caplen
+        return -1
+    if caplen > s.buflen - pos - 16:
+        s.err = 1
+        s.err_pos = pos
+        return -1
+    s.h_off = pos + 16
+    s.h_len = <uint32_t>caplen
+    s.h_ts = (<uint64_t>rd32(s.buf + pos, s.swapped) * 1000000000ULL
+              + <uint64_t>rd32(s.buf + pos + 4, s.swapped) * s.mul)
+    s.pos = pos + 16 + caplen
+    s.nread += 1
+    s.has = 1
+    return 0
+
+
+cdef inline int pick_input(source *src, uint32_t nin) noexcept nogil:
+    """The input whose next packet is earliest (ties: the earlier input), or -1."""
+    cdef int best = -1
+    cdef uint32_t i
+    cdef uint64_t t = 0
+    for i in range(nin):
+        if src[i].has and (best < 0 or src[i].h_ts < t):
+            best = i
+            t = src[i].h_ts
+    return best
 
 
 cdef uint64_t now_ns() noexcept nogil:
@@ -388,9 +672,9 @@ cdef class Engine:
 
     # -- running over memory -------------------------------------------------
 
-    def run_records(self, list buffers, cnp.uint16_t[:] buf_index, cnp.uint32_t[:] devs,
-                    cnp.uint64_t[:] offsets, cnp.uint32_t[:] lengths,
-                    cnp.uint64_t[:] timestamps, collect, bint sources=True):
+    def run_records(self, list buffers, uint16_t[:] buf_index, uint32_t[:] devs,
+                    uint64_t[:] offsets, uint32_t[:] lengths,
+                    uint64_t[:] timestamps, collect, bint sources=True):
         """Feed packets (packet k: buffers[buf_index[k]][offsets[k]:+lengths[k]],
         entering device devs[k] at timestamps[k]) in order, in batches of
         consecutive packets for one device, then let sources run dry.
@@ -399,107 +683,265 @@ cdef class Engine:
         {dev: (bytes, offsets, lengths, timestamps)}; packets sent on other
         devices are counted and freed. Returns (outputs, oversize) where
         oversize counts input packets too large for a buffer, per device.
+        (Engine.run uses run_inputs, which merges inputs itself.)
         """
         cdef uint64_t total = lengths.shape[0]
         cdef uint32_t ndev = self.eng.ndev
         cdef uint32_t nbuf = len(buffers)
         cdef const uint8_t **bufp = <const uint8_t **>malloc((nbuf + 1) * sizeof(uint8_t *))
         cdef uint64_t *buflen = <uint64_t *>malloc((nbuf + 1) * sizeof(uint64_t))
-        cdef outbuf *outs = <outbuf *>malloc((ndev + 1) * sizeof(outbuf))
-        cdef uint8_t *want = <uint8_t *>malloc(ndev + 1)
-        cdef uint64_t *oversize = <uint64_t *>malloc((ndev + 1) * sizeof(uint64_t))
+        cdef uint64_t *oversize = <uint64_t *>calloc(ndev + 1, sizeof(uint64_t))
+        cdef sink *sinks = NULL
         cdef mb_packet *batch[MB_BATCH]
-        cdef mb_packet *txb[256]
-        cdef uint64_t k = 0, j
-        cdef uint32_t nb, d, dev, m, i, maxlen = mb_max_len(self.eng)
+        cdef uint64_t k = 0
+        cdef uint32_t nb, d, dev, i, maxlen = mb_max_len(self.eng)
         cdef uint32_t made = 0
         cdef int oom = 0
         cdef const uint8_t[:] view
         cdef bint pull = sources
-        if not (bufp and buflen and outs and want and oversize):
-            free(bufp); free(buflen); free(outs); free(want); free(oversize)
+        if not (bufp and buflen and oversize):
+            free(bufp); free(buflen); free(oversize)
             raise MemoryError()
+        if (buf_index.shape[0] != total or devs.shape[0] != total or
+                offsets.shape[0] != total or timestamps.shape[0] != total):
+            free(bufp); free(buflen); free(oversize)
+            raise ValueError("record arrays differ in length")
         keep = []
-        for i in range(nbuf):
-            view = memoryview(buffers[i]).cast("B")
-            keep.append(view)
-            bufp[i] = &view[0] if view.shape[0] else NULL
-            buflen[i] = view.shape[0]
-        for d in range(ndev):
-            outs[d].data = NULL; outs[d].used = 0; outs[d].cap = 0
-            outs[d].rec = NULL; outs[d].nrec = 0; outs[d].reccap = 0
-            want[d] = 0
-            oversize[d] = 0
-        for d in collect:
-            if d < ndev:
-                want[d] = 1
-        self._start()
         try:
-            with nogil:
-                while (k < total or pull) and not self.failed and not oom:
-                    # Input first; once it is used up, poll until sources
-                    # and queues (which emit from pull) have nothing left.
-                    nb = 0
-                    if k < total:
-                        dev = devs[k]
-                        self.eng.now_ns = timestamps[k]
-                        while k < total and devs[k] == dev and nb < MB_BATCH:
-                            if (lengths[k] > maxlen or buf_index[k] >= nbuf or
-                                    offsets[k] > buflen[buf_index[k]] or
-                                    lengths[k] > buflen[buf_index[k]] - offsets[k]):
-                                if dev < ndev:
-                                    oversize[dev] += 1
+            sinks = sinks_new(ndev)
+            for i in range(nbuf):
+                view = memoryview(buffers[i]).cast("B")
+                keep.append(view)
+                bufp[i] = &view[0] if view.shape[0] else NULL
+                buflen[i] = view.shape[0]
+            for d in collect:
+                if d < ndev:
+                    sinks[d].mode = SINK_MEMORY
+            self._start()
+            try:
+                with nogil:
+                    while (k < total or pull) and not self.failed and not oom:
+                        # Input first; once it is used up, poll until sources
+                        # and queues (which emit from pull) have nothing left.
+                        nb = 0
+                        if k < total:
+                            dev = devs[k]
+                            self.eng.now_ns = timestamps[k]
+                            while k < total and devs[k] == dev and nb < MB_BATCH:
+                                if (lengths[k] > maxlen or buf_index[k] >= nbuf or
+                                        offsets[k] > buflen[buf_index[k]] or
+                                        lengths[k] > buflen[buf_index[k]] - offsets[k]):
+                                    if dev < ndev:
+                                        oversize[dev] += 1
+                                    k += 1
+                                    continue
+                                batch[nb] = mb_alloc(self.eng)
+                                if batch[nb] == NULL:
+                                    break
+                                memcpy(batch[nb].data, bufp[buf_index[k]] + offsets[k],
+                                       lengths[k])
+                                batch[nb].len = lengths[k]
+                                batch[nb].ts_ns = timestamps[k]
+                                nb += 1
                                 k += 1
-                                continue
-                            batch[nb] = mb_alloc(self.eng)
-                            if batch[nb] == NULL:
+                            if nb:
+                                mb_engine_rx(self.eng, dev, batch, nb)
+                        if pull:
+                            made = mb_engine_pull(self.eng)
+                            if nb == 0 and k >= total and made == 0:
                                 break
-                            memcpy(batch[nb].data, bufp[buf_index[k]] + offsets[k], lengths[k])
-                            batch[nb].len = lengths[k]
-                            batch[nb].ts_ns = timestamps[k]
-                            nb += 1
-                            k += 1
-                        if nb:
-                            mb_engine_rx(self.eng, dev, batch, nb)
-                    if pull:
-                        made = mb_engine_pull(self.eng)
-                        if nb == 0 and k >= total and made == 0:
-                            break
-                    mb_engine_run(self.eng)
-                    if self.pending:
-                        self._service()
-                    for d in range(ndev):
-                        while True:
-                            m = mb_engine_tx(self.eng, d, txb, 256)
-                            if m == 0:
-                                break
-                            for i in range(m):
-                                if want[d] and not oom:
-                                    if outbuf_add(&outs[d], txb[i]) != 0:
-                                        oom = 1
-                                mb_free(self.eng, txb[i])
+                        mb_engine_run(self.eng)
+                        if self.pending:
+                            self._service()
+                        if sinks_drain(self.eng, sinks, ndev) != 0:
+                            oom = 1
+            finally:
+                self._stop()
             if oom:
                 raise MemoryError("collecting output packets")
             self._check_failure()
-            result = {}
-            for d in range(ndev):
-                if want[d]:
-                    data = (<char *>outs[d].data)[:outs[d].used] if outs[d].used else b""
-                    rec = np.empty((outs[d].nrec, 3), dtype=np.uint64)
-                    for j in range(outs[d].nrec):
-                        rec[j, 0] = outs[d].rec[j * 3]
-                        rec[j, 1] = outs[d].rec[j * 3 + 1]
-                        rec[j, 2] = outs[d].rec[j * 3 + 2]
-                    result[d] = (data, rec[:, 0].copy(), rec[:, 1].astype(np.uint32),
-                                 rec[:, 2].copy())
+            result = {d: sink_collected(&sinks[d]) for d in range(ndev)
+                      if sinks[d].mode == SINK_MEMORY}
             over = {d: oversize[d] for d in range(ndev) if oversize[d]}
             return result, over
         finally:
-            self._stop()
+            sinks_free(sinks, ndev)
+            free(bufp); free(buflen); free(oversize)
+
+    def run_inputs(self, list inputs, dict outputs, bint sources=True):
+        """Run captures through the graph, then let sources run dry.
+
+        inputs, one tuple per capture:
+          ("arrays", data, offsets, lengths, timestamps, dev): packet k is
+            data[offsets[k]:+lengths[k]] (offsets uint64, lengths uint32,
+            timestamps uint64 ns: any C-contiguous buffers);
+          ("classic", data, swapped, nanos, max_caplen, dev): data is a whole
+            classic pcap file (its 24-byte header first); records are read
+            in place as packets enter. A bad record stops the run (after the
+            pass under way) with ReadError.
+        Inputs are merged as they go: the next packet is the earliest head,
+        ties to the earlier input, each input in its own order. Packets
+        enter in batches of up to MB_BATCH consecutive ones for one device.
+
+        outputs: {dev: None} collects a device's packets in memory;
+        {dev: (fd, format, header)} writes them to fd as capture records
+        (format 0 classic pcap in us, 1 in ns, 2 pcapng enhanced packet
+        blocks on interface 0), after the header bytes, one large write at
+        a time; other devices' packets are counted and freed.
+
+        Returns (collected {dev: (data, offsets, lengths, timestamps)},
+        oversize {dev: input packets too large for a buffer or lying
+        outside their data}, written {dev: records written}). A failed
+        write raises WriteError; what was written before stays written.
+        """
+        cdef uint32_t nin = len(inputs)
+        cdef uint32_t ndev = self.eng.ndev
+        cdef source *src = <source *>calloc(nin + 1, sizeof(source))
+        cdef uint64_t *oversize = <uint64_t *>calloc(ndev + 1, sizeof(uint64_t))
+        cdef sink *sinks = NULL
+        cdef mb_packet *batch[MB_BATCH]
+        cdef mb_packet *p
+        cdef uint64_t off
+        cdef uint32_t nb, d, dev, i, n, maxlen = mb_max_len(self.eng)
+        cdef uint32_t made = 0
+        cdef int cur = -1, stop = 0, oom = 0
+        cdef source *s
+        cdef const uint8_t[::1] view
+        cdef const uint64_t[::1] offs, stamps
+        cdef const uint32_t[::1] lens
+        cdef bytes header
+        cdef bint pull = sources
+        if src == NULL or oversize == NULL:
+            free(src); free(oversize)
+            raise MemoryError()
+        keep = []
+        try:
+            sinks = sinks_new(ndev)
+            for i in range(nin):
+                spec = inputs[i]
+                view = memoryview(spec[1]).cast("B")
+                s = &src[i]
+                s.buf = &view[0] if view.shape[0] else NULL
+                s.buflen = view.shape[0]
+                s.dev = spec[5]
+                if spec[0] == "arrays":
+                    offs = spec[2]
+                    lens = spec[3]
+                    stamps = spec[4]
+                    keep.append((view, offs, lens, stamps))
+                    if not (offs.shape[0] == lens.shape[0] == stamps.shape[0]):
+                        raise ValueError("offsets, lengths and timestamps differ in length")
+                    s.kind = SRC_ARRAYS
+                    s.n = lens.shape[0]
+                    if s.n:
+                        s.off = &offs[0]
+                        s.len = &lens[0]
+                        s.ts = &stamps[0]
+                elif spec[0] == "classic":
+                    keep.append(view)
+                    s.kind = SRC_CLASSIC
+                    s.swapped = bool(spec[2])
+                    s.mul = 1 if spec[3] else 1000
+                    s.maxcap = spec[4]
+                    s.pos = 24
+                else:
+                    raise ValueError(f"unknown input kind {spec[0]!r}")
+            for d_, spec in outputs.items():
+                d = d_
+                if d >= ndev:
+                    continue
+                if spec is None:
+                    sinks[d].mode = SINK_MEMORY
+                    continue
+                fd_, fmt_, header = spec
+                if fmt_ not in (FMT_PCAP_US, FMT_PCAP_NS, FMT_PCAPNG):
+                    raise ValueError(f"unknown capture record format {fmt_}")
+                sinks[d].mode = SINK_FILE
+                sinks[d].fd = fd_
+                sinks[d].fmt = fmt_
+                sinks[d].cap = SINK_FILE_BUFFER + maxlen + 64 + len(header)
+                sinks[d].data = <uint8_t *>malloc(sinks[d].cap)
+                if sinks[d].data == NULL:
+                    raise MemoryError()
+                memcpy(sinks[d].data, <const char *>header, len(header))
+                sinks[d].used = len(header)
+            self._start()
+            try:
+                with nogil:
+                    for i in range(nin):
+                        if source_next(&src[i]) != 0:
+                            stop = 1
+                    cur = pick_input(src, nin)
+                    while (cur >= 0 or pull) and not self.failed and not stop:
+                        nb = 0
+                        if cur >= 0:
+                            s = &src[cur]
+                            dev = s.dev
+                            self.eng.now_ns = s.h_ts
+                            while nb < MB_BATCH:
+                                n = s.h_len
+                                off = s.h_off
+                                if n > maxlen or off > s.buflen or n > s.buflen - off:
+                                    if dev < ndev:
+                                        oversize[dev] += 1
+                                else:
+                                    p = mb_alloc(self.eng)
+                                    if p == NULL:
+                                        break       # the pool is empty: retry next pass
+                                    memcpy(p.data, s.buf + off, n)
+                                    p.len = n
+                                    p.ts_ns = s.h_ts
+                                    batch[nb] = p
+                                    nb += 1
+                                if source_next(s) != 0:
+                                    stop = 1        # after this pass
+                                if nin > 1:
+                                    cur = pick_input(src, nin)
+                                elif not s.has:
+                                    cur = -1
+                                if stop or cur < 0:
+                                    break
+                                s = &src[cur]
+                                if s.dev != dev:
+                                    break
+                            if nb:
+                                mb_engine_rx(self.eng, dev, batch, nb)
+                        if pull and not stop:
+                            made = mb_engine_pull(self.eng)
+                            if nb == 0 and cur < 0 and made == 0:
+                                break
+                        mb_engine_run(self.eng)
+                        if self.pending:
+                            self._service()
+                        if sinks_drain(self.eng, sinks, ndev) != 0:
+                            oom = 1
+                            break
+                    # what was processed is written, even if an input was bad
+                    if not oom:
+                        for d in range(ndev):
+                            if sinks[d].mode == SINK_FILE and sink_flush(&sinks[d]) != 0:
+                                break
+            finally:
+                self._stop()
             for d in range(ndev):
-                free(outs[d].data)
-                free(outs[d].rec)
-            free(bufp); free(buflen); free(outs); free(want); free(oversize)
+                if sinks[d].mode == SINK_FILE and sinks[d].err:
+                    raise WriteError(d, max(sinks[d].err, 0), sinks[d].count + 1)
+            if oom:
+                raise MemoryError("collecting output packets")
+            for i in range(nin):
+                if src[i].err == 1:
+                    raise ReadError(i, ("truncated", src[i].err_pos))
+                if src[i].err == 2:
+                    raise ReadError(i, ("caplen", src[i].nread + 1, src[i].err_caplen))
+            self._check_failure()
+            result = {d: sink_collected(&sinks[d]) for d in range(ndev)
+                      if sinks[d].mode == SINK_MEMORY}
+            over = {d: oversize[d] for d in range(ndev) if oversize[d]}
+            written = {d: sinks[d].count for d in range(ndev) if sinks[d].mode == SINK_FILE}
+            return result, over, written
+        finally:
+            sinks_free(sinks, ndev)
+            free(src); free(oversize)
 
     def run_sources(self, uint64_t max_packets=0):
         """Poll sources until they stop (or max_packets made), running the
@@ -578,6 +1020,94 @@ cdef class Engine:
         return [{"name": self.eng.devs[i].name.decode(), "rx": self.eng.devs[i].rx,
                  "rx_dropped": self.eng.devs[i].rx_dropped, "tx": self.eng.devs[i].sent}
                 for i in range(self.eng.ndev)]
+
+
+# --- capture files: classic pcap indexing, plan checksum -------------------------
+
+cdef object owned_array(void *data, uint64_t n, uint32_t itemsize, str fmt):
+    """A numpy array of n items over malloc'd data, which it takes over."""
+    cdef cvarray owner
+    import numpy as np
+    if n == 0:
+        free(data)
+        return np.empty(0, dtype=np.uint64 if itemsize == 8 else np.uint32)
+    owner = cvarray(shape=(n,), itemsize=itemsize, format=fmt, mode="c",
+                    allocate_buffer=False)
+    owner.data = <char *>data
+    owner.callback_free_data = free
+    return np.asarray(owner)
+
+
+def index_classic(data, bint swapped, bint nanos, uint32_t max_caplen):
+    """Index the records of a classic pcap file (data: the whole file, its
+    24-byte header included) in one walk over their headers.
+
+    swapped: big-endian fields; nanos: the fraction is in ns (else us).
+    Returns (offsets uint64, lengths uint32, timestamps uint64 ns, None),
+    or (None, None, None, problem) where problem is ("truncated", byte
+    position of the record) or ("caplen", packet number, captured length)
+    for the first record that is wrong.
+    """
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    cdef source s
+    cdef uint64_t n = 0, cap = 0, ncap, guess = 1024
+    cdef uint64_t *offs = NULL
+    cdef uint32_t *lens = NULL
+    cdef uint64_t *stamps = NULL
+    cdef void *a
+    cdef void *b
+    cdef void *c
+    cdef int oom = 0
+    memset(&s, 0, sizeof(s))
+    s.kind = SRC_CLASSIC
+    s.buf = &view[0] if view.shape[0] else NULL
+    s.buflen = view.shape[0]
+    s.swapped = swapped
+    s.mul = 1 if nanos else 1000
+    s.maxcap = max_caplen
+    s.pos = 24
+    with nogil:
+        if s.buflen > 40:    # first guess: every record as long as the first
+            guess = (s.buflen - 24) // (16 + <uint64_t>rd32(s.buf + 32, swapped)) + 16
+        while source_next(&s) == 0 and s.has:
+            if n == cap:
+                ncap = cap * 2 if cap else guess
+                a = realloc(offs, ncap * 8)
+                b = realloc(lens, ncap * 4)
+                c = realloc(stamps, ncap * 8)
+                if a != NULL: offs = <uint64_t *>a
+                if b != NULL: lens = <uint32_t *>b
+                if c != NULL: stamps = <uint64_t *>c
+                if a == NULL or b == NULL or c == NULL:
+                    oom = 1
+                    break
+                cap = ncap
+            offs[n] = s.h_off
+            lens[n] = s.h_len
+            stamps[n] = s.h_ts
+            n += 1
+    if oom or s.err:
+        free(offs); free(lens); free(stamps)
+        if oom:
+            raise MemoryError()
+        if s.err == 1:
+            return None, None, None, ("truncated", s.err_pos)
+        return None, None, None, ("caplen", s.nread + 1, s.err_caplen)
+    # arrays of exactly n items (shrinking in place does not move them)
+    if n and n < cap:
+        offs = <uint64_t *>realloc(offs, n * 8)
+        lens = <uint32_t *>realloc(lens, n * 4)
+        stamps = <uint64_t *>realloc(stamps, n * 8)
+    return (owned_array(offs, n, 8, "Q"), owned_array(lens, n, 4, "I"),
+            owned_array(stamps, n, 8, "Q"), None)
+
+
+def plan_checksum(data):
+    """The checksum a plan header carries (FNV-1a), by the engine's own code."""
+    cdef const uint8_t[::1] view = memoryview(data).cast("B")
+    if view.shape[0] == 0:
+        return mb_plan_checksum(NULL, 0)
+    return mb_plan_checksum(&view[0], <uint32_t>view.shape[0])
 
 
 # --- live interfaces (runtime/live.c, docs/live.md) ----------------------------

@@ -339,6 +339,11 @@ static uint32_t fnv1a(const uint8_t *b, uint32_t n)
     return h;
 }
 
+uint32_t mb_plan_checksum(const uint8_t *b, uint32_t n)
+{
+    return fnv1a(b, n);
+}
+
 /* A string in the string table; 0 if the offset or terminator is bad. */
 static const char *plan_str(const struct plan_view *v, uint32_t off)
 {

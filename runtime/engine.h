@@ -58,6 +58,10 @@ struct mb_engine_opts {
     uint32_t headroom;          /* bytes kept free in front of received data */
 };
 
+/* The plan checksum (FNV-1a over the bytes after the first 16), so that the
+ * compiler (middlebox/plan.py, through the host extension) uses this code. */
+uint32_t mb_plan_checksum(const uint8_t *b, uint32_t n);
+
 /*
  * Check plan bytes; on success return the arena size (bytes) the engine
  * needs with these options, else 0 with a message in err.

@@ -8,14 +8,12 @@ engine, with Python elements attached and counters named.
     eng.stats()["cls"]["ports"]
 """
 
-import heapq
-
-import numpy as np
+import os
 
 from middlebox import pcap
 from middlebox.errors import ConfigError, RunError
 from middlebox.runtime._engine import Engine as _CEngine
-from middlebox.runtime._engine import EngineError
+from middlebox.runtime._engine import EngineError, ReadError, WriteError
 
 
 class Engine:
@@ -40,50 +38,118 @@ class Engine:
     def run(self, inputs, collect=None):
         """Run packets through the graph.
 
-        inputs: {device: Capture} (or a list of (device, Capture) pairs, whose
-        order breaks timestamp ties). Packets enter in timestamp order across
-        inputs, each input keeping its own order. Sources run until they stop.
+        inputs: {device: Capture or pcap.ClassicFile} (or a list of (device,
+        capture) pairs, whose order breaks timestamp ties). Packets enter in
+        timestamp order across inputs, each input keeping its own order (the
+        engine merges the inputs' heads as it goes; a ClassicFile's records
+        are read in place). Sources run until they stop.
         collect: devices whose output to return (default: every device).
         Returns {device: Capture}.
         """
-        for name, e in self.plan.graph.elements.items():
-            if e.source and getattr(e, "limit", 0) < 0:
-                raise RunError(f"element '{name}': a source without 'limit' never ends")
-        pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+        pairs = self._inputs(inputs)
         index = {d: i for i, d in enumerate(self.plan.devices)}
-        for dev, _ in pairs:
-            if dev not in index:
-                raise RunError(f"device '{dev}' is not in the graph "
-                               f"(devices: {', '.join(self.plan.devices) or 'none'})")
-        buffers = [cap.data for _, cap in pairs]
-        order = _merge([cap.timestamps for _, cap in pairs])
-        if len(pairs):
-            which = np.concatenate([np.full(len(cap), i, dtype=np.uint16)
-                                    for i, (_, cap) in enumerate(pairs)])
-            offs = np.concatenate([cap.offsets.astype(np.uint64) for _, cap in pairs])
-            lens = np.concatenate([cap.lengths.astype(np.uint32) for _, cap in pairs])
-            ts = np.concatenate([cap.timestamps.astype(np.uint64) for _, cap in pairs])
-            devs = np.array([index[d] for d, _ in pairs], dtype=np.uint32)[which]
-            which, offs, lens, ts, devs = (a[order] for a in (which, offs, lens, ts, devs))
-        else:
-            which = np.zeros(0, np.uint16)
-            offs, lens, ts = np.zeros(0, np.uint64), np.zeros(0, np.uint32), np.zeros(0, np.uint64)
-            devs = np.zeros(0, np.uint32)
         want = self.plan.devices if collect is None else collect
         try:
-            out, over = self.c.run_records(buffers, np.ascontiguousarray(which),
-                                           np.ascontiguousarray(devs), np.ascontiguousarray(offs),
-                                           np.ascontiguousarray(lens), np.ascontiguousarray(ts),
-                                           [index[d] for d in want if d in index])
+            out, over, _ = self.c.run_inputs(self._sources(pairs),
+                                             {index[d]: None for d in want if d in index})
+        except ReadError as e:
+            raise self._read_error(pairs, e) from None
         except EngineError as e:
             raise RunError(str(e)) from None
-        for d, n in over.items():
-            name = self.plan.devices[d]
-            self.oversize[name] = self.oversize.get(name, 0) + n
+        self._count_oversize(over)
         linktype = pairs[0][1].linktype if pairs else 1
         return {self.plan.devices[d]: pcap.Capture(linktype, data, offsets, lengths, stamps,
                                                    nanos=True)
                 for d, (data, offsets, lengths, stamps) in out.items()}
+
+    def run_to_files(self, inputs, outputs, nanos=True, format=None):
+        """As run(), but each device in `outputs` ({device: path}) has its
+        packets written to its capture file as they leave, a large write at
+        a time (classic pcap, ns or us by `nanos`, or pcapng by extension or
+        `format`); devices not named are counted only. Every file is created
+        (header first) before the run, so a device nothing reaches still gets
+        a valid, empty capture. Returns {device: packets written}."""
+        pairs = self._inputs(inputs)
+        index = {d: i for i, d in enumerate(self.plan.devices)}
+        for dev in outputs:
+            if dev not in index:
+                raise RunError(f"device '{dev}' is not in the graph "
+                               f"(devices: {', '.join(self.plan.devices) or 'none'})")
+        linktype = pairs[0][1].linktype if pairs else 1
+        snaplen = max(65535, self.c.max_packet)
+        files, specs, names = [], {}, {}
+        try:
+            for dev, path in outputs.items():
+                name = os.fspath(path)
+                fmt = pcap.choose_format(name, format)
+                try:
+                    f = open(name, "wb")
+                except OSError as e:
+                    raise RunError(f"cannot write {name}: {pcap._reason(e)}") from None
+                files.append(f)
+                code = 2 if fmt == "pcapng" else (1 if nanos else 0)
+                specs[index[dev]] = (f.fileno(), code,
+                                     pcap.file_header(fmt, linktype, snaplen, nanos))
+                names[index[dev]] = name
+            try:
+                _, over, written = self.c.run_inputs(self._sources(pairs), specs)
+            except WriteError as e:
+                name = names[e.dev]
+                if e.errno == 0:
+                    raise RunError(f"cannot write {name}: packet {e.packet} has a timestamp "
+                                   f"beyond what classic pcap can hold") from None
+                raise RunError(f"cannot write {name}: "
+                               f"{pcap._reason(OSError(e.errno, os.strerror(e.errno)))}") from None
+            except ReadError as e:
+                raise self._read_error(pairs, e) from None
+            except EngineError as e:
+                raise RunError(str(e)) from None
+        finally:
+            for f in files:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._count_oversize(over)
+        return {self.plan.devices[d]: n for d, n in written.items()}
+
+    def _inputs(self, inputs):
+        """Check a run's inputs: [(device, Capture)] in tie-breaking order."""
+        for name, e in self.plan.graph.elements.items():
+            if e.source and getattr(e, "limit", 0) < 0:
+                raise RunError(f"element '{name}': a source without 'limit' never ends")
+        pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+        for dev, _ in pairs:
+            if dev not in self.plan.devices:
+                raise RunError(f"device '{dev}' is not in the graph "
+                               f"(devices: {', '.join(self.plan.devices) or 'none'})")
+        return pairs
+
+    def _sources(self, pairs):
+        """run_inputs' view of the captures (no object per packet): a
+        ClassicFile's records are read in place, a Capture's arrays used."""
+        index = {d: i for i, d in enumerate(self.plan.devices)}
+        out = []
+        for dev, cap in pairs:
+            if isinstance(cap, pcap.ClassicFile):
+                out.append(("classic", cap.data, cap.swapped, cap.nanos, pcap.MAX_CAPLEN,
+                            index[dev]))
+            else:
+                import numpy as np
+                out.append(("arrays", cap.data, np.ascontiguousarray(cap.offsets, dtype=np.uint64),
+                            np.ascontiguousarray(cap.lengths, dtype=np.uint32),
+                            np.ascontiguousarray(cap.timestamps, dtype=np.uint64), index[dev]))
+        return out
+
+    @staticmethod
+    def _read_error(pairs, e):
+        cap = pairs[e.input][1]
+        return pcap.record_error(getattr(cap, "name", "<capture>"), e.problem)
+
+    def _count_oversize(self, over):
+        for d, n in over.items():
+            name = self.plan.devices[d]
+            self.oversize[name] = self.oversize.get(name, 0) + n
 
     def run_sources(self, max_packets=0):
         """Let sources run (bench): returns (packets made, seconds)."""
@@ -203,23 +269,3 @@ class Engine:
                                    int(poll_ms), bool(signals))
         except EngineError as e:
             raise RunError(str(e)) from None
-
-
-def _keyed(stamps, which, start):
-    """(timestamp, input, global index) for each record of one input."""
-    return ((int(t), which, start + k) for k, t in enumerate(stamps))
-
-
-def _merge(stamps):
-    """Order that merges several inputs by timestamp, each input keeping
-    its own order; ties go to the earlier input."""
-    if not stamps:
-        return np.zeros(0, dtype=np.int64)
-    allts = np.concatenate([np.asarray(t, dtype=np.uint64) for t in stamps])
-    if all(len(t) < 2 or bool(np.all(np.diff(t.astype(np.int64)) >= 0)) for t in stamps):
-        return np.argsort(allts, kind="stable")
-    # Some input is out of timestamp order: merge heads, never reorder within one.
-    starts = np.cumsum([0] + [len(t) for t in stamps[:-1]])
-    streams = [_keyed(ts, i, int(s)) for i, (ts, s) in enumerate(zip(stamps, starts))]
-    return np.fromiter((k for _, _, k in heapq.merge(*streams)), dtype=np.int64,
-                       count=len(allts))

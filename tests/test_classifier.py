@@ -600,3 +600,57 @@ def test_random_patterns_match_the_oracle(data):
 @given(st.data())
 def test_random_patterns_match_the_oracle_chain(data):
     check_against_oracle(data, shared=False)
+
+
+# --- switch nodes: many patterns on one word ---------------------------------
+
+ETHERTYPES = ["12/0806 20/0001", "12/0806", "12/86dd", "12/8100", "12/0800 23/06",
+              "12/0800 23/11", "12/0800 !23/01", "12/88cc", "12/0800"]
+
+
+def test_many_patterns_on_one_word_make_a_switch():
+    el = Classifier.from_config("cls", {"patterns": ETHERTYPES})
+    text = el.program_text()
+    assert "switch [12..15] & ffff0000 if len >= 14:" in text
+    assert "== 86dd0000 (34525) then out 2" in text
+    assert "switch [20..23] & 000000ff if len >= 24:" in text
+    # every ethertype and protocol, cut around both words
+    packets = grid({12: [b"\x08\x06", b"\x86\xdd", b"\x81\x00", b"\x88\xcc", b"\x08\x00",
+                         b"\x08\x01"], 20: [b"\x00\x01", b"\x00\x02"], 23: [b"\x06", b"\x11",
+                                                                             b"\x01"]},
+                   [0, 12, 13, 14, 15, 20, 21, 22, 23, 24, 60])
+    expected = [oracle(ETHERTYPES, p) for p in packets]
+    res = run_element(el, None, packets)
+    check_ports(res, packets, expected, len(ETHERTYPES))
+
+
+@st.composite
+def same_word_patterns(draw):
+    """Patterns that mostly compare one or two words with a few values."""
+    out = []
+    for _ in range(draw(st.integers(3, 10))):
+        if draw(st.integers(0, 12)) == 0:
+            out.append("-")
+            continue
+        clauses = []
+        for _ in range(draw(st.integers(1, 3))):
+            off = draw(st.sampled_from([12, 12, 12, 20, 23, 14]))
+            n = 2 if off in (12, 20) else 1
+            value = bytes(draw(st.lists(st.sampled_from([0x00, 0x01, 0x06, 0x08, 0x11, 0x86]),
+                                        min_size=n, max_size=n)))
+            text = f"{off}/{value.hex()}"
+            if draw(st.integers(0, 5)) == 0:
+                text = "!" + text
+            clauses.append(text)
+        out.append(" ".join(clauses))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_same_word_patterns_match_the_oracle(data):
+    pats = data.draw(same_word_patterns(), label="patterns")
+    pkts = data.draw(packets_for(pats), label="packets")
+    el = Classifier.from_config("element", {"patterns": pats})
+    res = run_element(el, None, pkts)
+    check_ports(res, pkts, [oracle(pats, p) for p in pkts], len(pats))

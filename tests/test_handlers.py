@@ -4,7 +4,6 @@ runs, from Python and through the control socket."""
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from scapy.utils import wrpcap
 from middlebox import loader, plan
 from middlebox.errors import RunError
 from middlebox.runtime import Engine
+from holding import HOLDING_PASS, run_held
 
 SLOW = """
 elements:
@@ -28,11 +28,7 @@ connections: [src -> py -> cnt -> drop]
 
 @pytest.fixture
 def slow_graph(tmp_path):
-    (tmp_path / "slowpass.py").write_text(
-        "from middlebox import PythonElement\n"
-        "class SlowPass(PythonElement):\n"
-        "    def process(self, batch):\n"
-        "        return [(0, p) for p in batch]\n")
+    (tmp_path / "slowpass.py").write_text(HOLDING_PASS)
     path = tmp_path / "g.yaml"
     path.write_text(SLOW.replace("LIMIT", "400000"))
     return str(path)
@@ -40,24 +36,14 @@ def slow_graph(tmp_path):
 
 def test_write_while_running_loses_no_packet(slow_graph):
     eng = Engine(plan.build(loader.load(slow_graph)))
-    t = threading.Thread(target=eng.run_sources)
-    t.start()
-    try:
-        deadline = time.time() + 20
-        while int(eng.read("cnt.count")) < 50_000 and time.time() < deadline:
-            time.sleep(0.01)
-        before = int(eng.read("cnt.count"))
-        eng.write("cnt.reset")
-    finally:
-        t.join()
+    held_at = run_held(eng, sys.modules["slowpass"], lambda: eng.write("cnt.reset"))
     s = eng.stats()["cnt"]
-    assert 0 < before < 400_000
+    assert 50_000 <= held_at < 400_000
     assert s["in"] == s["out"] == 400_000     # no packet was lost
     # The reset landed mid-run: the packets counted before it are gone from
-    # the final count, and some were counted after it.  (Reading the count
-    # right after the write is no test: the run thread may pass many batches
-    # before the reader gets the GIL back.)
-    assert 0 < s["count"] <= 400_000 - before
+    # the final count (at least the HOLD_AT the element had passed), and
+    # some were counted after it.
+    assert 0 < s["count"] <= 400_000 - 50_000 + 32
     assert eng.stats()["drop"]["dropped"] == 400_000
 
 

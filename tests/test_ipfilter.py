@@ -732,9 +732,16 @@ def packets(draw, frame_cuts=False):
     return frame
 
 
-def run_oracle(data, cls, shared=True):
-    n = data.draw(st.integers(1, 4), label="n")
-    exprs = [data.draw(expressions(), label=f"expr{i}") for i in range(n)]
+def run_oracle(data, cls, shared=True, rules=None):
+    """Random expressions (or `rules`, a strategy for a list of them) over
+    random packets: the element sends each packet where the first
+    expression that holds over scapy's view of it says."""
+    if rules is None:
+        n = data.draw(st.integers(1, 4), label="n")
+        exprs = [data.draw(expressions(), label=f"expr{i}") for i in range(n)]
+    else:
+        exprs = data.draw(rules, label="rules")
+        n = len(exprs)
     if data.draw(st.integers(0, 9)) == 0:
         exprs[-1] = ("-", lambda v: True, False)
     front = data.draw(st.sampled_from(["CheckIPHeader", "CheckIPHeader", "MarkIPHeader"]))
@@ -790,6 +797,162 @@ def test_random_expressions_ipfilter(data):
 @given(st.data())
 def test_random_expressions_chain_program(data):
     run_oracle(data, "IPClassifier", shared=False)
+
+
+# --- many rules on one field: switch nodes ---------------------------------------------------
+# Rule sets where many rules compare the same field (ports, protocols,
+# addresses under one prefix length) with different values, as real
+# filters do; the compiler decides such comparisons with switch nodes.
+# Expectations still come from scapy's view of each packet only.
+
+@st.composite
+def same_field_primitives(draw):
+    kind = draw(st.sampled_from(["port", "port", "port", "proto", "net", "net", "other"]))
+    if kind == "port":
+        sd = draw(st.sampled_from(["dst ", "dst ", "src ", ""]))
+        proto, protos = draw(st.sampled_from([("tcp ", (6,)), ("udp ", (17,)), ("", (6, 17))]))
+        shape = draw(st.integers(0, 9))
+        if shape == 0:
+            lo = draw(st.sampled_from(PORTS))
+            hi = draw(st.sampled_from([p for p in PORTS if p >= lo]))
+            rel, op, k = f"{lo}-{hi}", "==", (lo, hi)
+        elif shape == 1:
+            k = draw(st.sampled_from(PORTS))
+            rel, op = f"!= {k}", "!="
+        else:
+            k = draw(st.sampled_from(PORTS))
+            rel, op = str(k), "=="
+        need = 2 if sd == "src " else 4
+        return Prim(f"{proto}{sd}port {rel}", lambda v: v.transport(protos, need) and relate(
+            pick(sd, v.ports()), comb(sd), op, k))
+    if kind == "proto":
+        name, n = draw(st.sampled_from([("tcp", 6), ("udp", 17), ("icmp", 1), ("ip proto 47", 47),
+                                        ("ip proto 2", 2)]))
+        return Prim(name, lambda v: v.proto == n)
+    if kind == "net":
+        sd = draw(st.sampled_from(["src ", "dst "]))
+        a = draw(st.sampled_from(ADDRS))
+        plen = draw(st.sampled_from([8, 16, 24, 32, 32]))
+        net = ipaddress.ip_network(f"{a}/{plen}", strict=False)
+        return Prim(f"{sd}net {net}", lambda v: ipaddress.ip_address(
+            v.ip.src if sd == "src " else v.ip.dst) in net)
+    return draw(primitives())
+
+
+@st.composite
+def same_field_rules(draw):
+    """3 to 14 rules, each one or two such primitives (maybe negated)."""
+    out = []
+    for _ in range(draw(st.integers(3, 14))):
+        parts = []
+        for _ in range(draw(st.integers(1, 2))):
+            p = draw(same_field_primitives())
+            if draw(st.integers(0, 7)) == 0:
+                parts.append((f"not ({p.text})", lambda v, h=p.holds: not h(v)))
+            else:
+                parts.append((p.text, p.holds))
+        text = " and ".join(t for t, _ in parts)
+        out.append((text, lambda v, hs=tuple(h for _, h in parts): all(h(v) for h in hs), True))
+    return out
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_random_same_field_rules_ipfilter(data):
+    run_oracle(data, "IPFilter", rules=same_field_rules())
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_random_same_field_rules_ipclassifier(data):
+    run_oracle(data, "IPClassifier", rules=same_field_rules())
+
+
+def port_packets():
+    """TCP/UDP/ICMP packets to and from the ports of SWITCH_RULES and
+    others, first and later fragments, and truncated just before, inside
+    and after the port fields."""
+    out = []
+    for proto in ("tcp", "udp", "icmp"):
+        for sport, dport in [(1024, 22), (22, 1024), (53, 53), (1024, 443), (2000, 80),
+                             (1024, 8080), (1024, 9999), (0, 0), (1024, 25)]:
+            for src, dst in [("10.0.0.1", "10.0.1.10"), ("192.0.2.9", "10.0.1.1"),
+                             ("10.99.3.4", "172.16.5.5"), ("10.0.0.2", "192.168.10.5")]:
+                l4 = {"tcp": TCP(sport=sport, dport=dport, flags="S"),
+                      "udp": UDP(sport=sport, dport=dport),
+                      "icmp": ICMP(type=8)}[proto]
+                for frag, cut in [(0, None), (0, 2), (0, 3), (0, 4), (185, None)]:
+                    raw = bytes(IP(src=src, dst=dst, frag=frag) / l4)
+                    out.append(frame_of(raw, None if cut is None else 20 + cut))
+    return out
+
+
+SWITCH_RULES = [
+    "deny src net 192.0.2.0/24", "deny src net 10.99.0.0/16",
+    "allow tcp dst host 10.0.1.10 and dst port 22", "1 icmp",
+    "allow udp dst port 53", "allow tcp dst net 172.16.0.0/16 and dst port 25",
+    "deny tcp dst port 23", "allow tcp dst port 443", "1 tcp dst port 80 or tcp dst port 8080",
+    "allow tcp dst host 192.168.10.5 and dst port 22", "deny udp dst port 137",
+    "allow udp src port 53", "1 not tcp dst port 9999", "deny all",
+]
+
+
+def switch_rule_holds(rule, v):
+    """SWITCH_RULES, read over scapy's view (documented semantics)."""
+    def port(protos, which, k):
+        return v.transport(protos, 4 if which == 1 else 2) and v.ports()[which] == k
+    src, dst = v.ip.src, v.ip.dst
+    return [
+        in_net(src, "192.0.2.0/24"), in_net(src, "10.99.0.0/16"),
+        dst == "10.0.1.10" and port((6,), 1, 22), v.proto == 1,
+        port((17,), 1, 53), in_net(dst, "172.16.0.0/16") and port((6,), 1, 25),
+        port((6,), 1, 23), port((6,), 1, 443), port((6,), 1, 80) or port((6,), 1, 8080),
+        dst == "192.168.10.5" and port((6,), 1, 22), port((17,), 1, 137),
+        port((17,), 0, 53), not port((6,), 1, 9999), True,
+    ][rule]
+
+
+def test_many_rules_on_one_field_make_switches():
+    el = IPFilter.from_config("f", {"rules": SWITCH_RULES})
+    text = el.program_text()
+    assert "switch transp[0..3] & 0000ffff if transp.len >= 4:" in text
+    assert "== 000001bb (443) then out 0" in text
+    assert "switch ip[8..11] & 00ff0000 if ip.len >= 10:" in text
+    # Every port test still needs a first fragment and the bytes of the port.
+    assert "ip[4..7] & 00001fff == 00000000" in text
+    packets = port_packets()
+    targets = [None, None, 0, 1, 0, 0, None, 0, 1, 0, None, 0, 1, None]
+    expected = []
+    for p in packets:
+        v = View(p)
+        rule = next(r for r in range(len(SWITCH_RULES)) if switch_rule_holds(r, v))
+        expected.append(targets[rule])
+    res, n = run("IPFilter", SWITCH_RULES, packets)
+    check(res, packets, expected, n)
+    # Truncated packets and later fragments never match a port rule.
+    assert {e for p, e in zip(packets, expected)
+            if View(p).ip.frag and View(p).proto != 1} <= {None, 1}
+
+
+def test_switch_program_matches_the_plain_one():
+    """The same rules with switches off (the compiler's other mode) send
+    every packet to the same place."""
+    from middlebox.elements import classifier
+    packets = port_packets()
+    res, n = run("IPFilter", SWITCH_RULES, packets)
+    saved = classifier.SWITCH_MIN
+    try:
+        classifier.SWITCH_MIN = 0
+        plain = IPFilter.from_config("f", {"rules": SWITCH_RULES})
+        assert "switch" not in plain.program_text()
+        res0, _ = run("IPFilter", SWITCH_RULES, packets)
+    finally:
+        classifier.SWITCH_MIN = saved
+    for k in range(n):
+        assert res[f"o{k}"] == res0[f"o{k}"]
+    assert res.all_stats["f"]["denied"] == res0.all_stats["f"]["denied"]
 
 
 # --- configuration errors ----------------------------------------------------------------
@@ -943,6 +1106,64 @@ def _set(off, value, size=4):
         b[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
         return bytes(b)
     return f
+
+
+def _switch_program():
+    """The lowered bytes of SWITCH_RULES and the index of a switch node."""
+    from middlebox.elements.classifier import Switch
+    el = IPFilter.from_config("f", {"rules": SWITCH_RULES})
+    i = next(k for k, (t, _, _) in enumerate(el.nodes) if isinstance(t, Switch))
+    return el, i, 16 + 24 * len(el.nodes)
+
+
+class CorruptSwitch(IPFilter):
+    damage = None
+
+    def lower(self, ctx):
+        _, i, cases = _switch_program()
+        return type(self).damage(bytearray(super().lower(ctx)), 16 + 24 * i, cases)
+
+
+def _node_field(field, value):
+    def f(b, node, cases):
+        b[node + field:node + field + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+        return bytes(b)
+    return f
+
+
+def _swap_cases(b, node, cases):
+    first = int.from_bytes(b[node + 12:node + 16], "little")
+    a = cases + 8 * first
+    b[a:a + 8], b[a + 8:a + 16] = b[a + 8:a + 16], b[a:a + 8]
+    return bytes(b)
+
+
+def _case_field(k, field, value):
+    def f(b, node, cases):
+        first = int.from_bytes(b[node + 12:node + 16], "little")
+        a = cases + 8 * (first + k) + field
+        b[a:a + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+        return bytes(b)
+    return f
+
+
+@pytest.mark.parametrize("damage", [
+    _node_field(16, 0),                     # no cases
+    _node_field(16, 1 << 20),               # more cases than there are
+    _node_field(12, 1),                     # cases not where the switch before ended
+    _swap_cases,                            # cases out of order
+    _case_field(0, 0, 0xFFFFFFFF),          # case value outside the mask
+    _case_field(1, 4, 0),                   # case target back to node 0
+    _case_field(1, 4, -0x80000000 + 3),     # a target below DENY
+    lambda b, node, cases: bytes(b) + bytes(8),     # a case no switch uses
+    lambda b, node, cases: bytes(b[:-4]),           # a case cut short
+])
+def test_kernel_rejects_a_bad_switch(damage):
+    CorruptSwitch.damage = staticmethod(damage)
+    el = CorruptSwitch.from_config("f", {"rules": SWITCH_RULES})
+    with pytest.raises(RunError) as info:
+        run_element(el, None, [])
+    assert "classifier: " in str(info.value)
 
 
 @pytest.mark.parametrize("damage", [

@@ -9,6 +9,7 @@ the ARP query ARPQuerier sends for the next hop.
 
 import ipaddress
 import random
+import struct
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -253,25 +254,71 @@ def big_table():
     return routes, BruteForce(routes)
 
 
-def test_builder_100k_routes_against_brute_force(big_table):
-    routes, ref = big_table
-    table = routing.RouteTable([routing.parse_route(r) for r in routes])
-    # Memory proportional to the route set: far below a flat DIR-24-8.
-    assert len(table.lower()) < 16 * 1024 * 1024
-    for a in sample_addresses(routes, 20_000, seed=2):
-        hit = ref(a)
-        got = table.lookup(int(ipaddress.ip_address(a)))
-        if hit is None:
-            assert got is None, a
-        else:
-            port, anno = hit
-            gw = 0 if anno == ipaddress.ip_address(a) else int(anno)
-            assert got == (port, gw), a
+def test_lowered_route_list_is_compact_and_sorted(big_table):
+    """The plan carries the routes themselves (12 bytes each, sorted by
+    prefix then length), not a table: decoded here with struct and compared
+    with what ipaddress makes of the route text."""
+    routes, _ = big_table
+    el = catalogue()["StaticIPLookup"].from_config("rt", {"routes": routes}, file="<test>")
+    cfg = el.lower(None)
+    assert len(cfg) == 16 + 12 * len(routes)
+    version, n, nout, zero = struct.unpack_from("<4I", cfg)
+    assert (version, n, nout, zero) == (2, len(routes), 16, 0)
+    got = [struct.unpack_from("<IIHBB", cfg, 16 + 12 * i) for i in range(n)]
+    want = []
+    for text in routes:
+        words = text.split()
+        net = ipaddress.ip_network(words[0])
+        gw = int(ipaddress.ip_address(words[1])) if len(words) == 3 else 0
+        want.append((int(net.network_address), gw, int(words[-1]), net.prefixlen, 0))
+    assert got == sorted(want, key=lambda r: (r[0], r[3]))
 
 
 def test_kernel_100k_routes_against_brute_force(big_table):
     routes, _ = big_table
     run_lookup(routes, sample_addresses(routes, 3000, seed=3))
+
+
+def uniform_routes(n, seed):
+    """n distinct routes with prefix lengths drawn evenly from 0-32: many
+    more prefixes longer than /24 (level-3 chunks) than a BGP table has."""
+    rnd = random.Random(seed)
+    seen, routes = set(), []
+    while len(routes) < n:
+        net = ipaddress.ip_network((rnd.getrandbits(32), rnd.randrange(33)), strict=False)
+        if net in seen:
+            continue
+        seen.add(net)
+        routes.append(f"{net} {rnd.randrange(4)}")
+    return routes
+
+
+def test_kernel_100k_uniform_prefixes_against_brute_force():
+    routes = uniform_routes(100_000, seed=4)
+    run_lookup(routes, sample_addresses(routes, 3000, seed=5), cls="RadixIPLookup")
+
+
+def test_small_and_large_first_level_at_the_threshold():
+    """256 routes get an 8-bit first level, 257 a 16-bit one: the same
+    nested prefixes must route the same either way."""
+    nested = ["0.0.0.0/0 0", "10.0.0.0/7 1", "10.0.0.0/8 2", "10.0.0.0/15 3",
+              "10.1.0.0/16 0", "10.1.2.0/23 1", "10.1.2.0/24 2", "10.1.2.128/25 3",
+              "10.1.2.200/32 1", "11.255.255.255/32 2"]
+    rnd = random.Random(6)
+    filler = set()
+    while len(filler) < 256 - len(nested):
+        filler.add(f"{ipaddress.ip_address(rnd.randrange(100 << 24, 200 << 24))}/32")
+    filler = [f"{f} 3" for f in sorted(filler)]
+    addrs = []
+    for text in nested:
+        net = ipaddress.ip_network(text.split()[0])
+        for a in (net.network_address, net.broadcast_address):
+            addrs += [str(a - 1) if int(a) else "0.0.0.0", str(a),
+                      str(a + 1) if int(a) < 0xFFFFFFFF else "255.255.255.255"]
+    for extra in ([], ["250.0.0.0/8 1"]):
+        routes = nested + filler + extra
+        assert len(routes) in (256, 257)
+        run_lookup(routes, addrs + [f.split("/")[0] for f in filler[:20]])
 
 
 def test_table_of_only_long_or_only_short_prefixes():

@@ -398,6 +398,21 @@ def test_console_info_help_and_unknown_commands(classifier):
     assert any("unknown command 'frobnicate'" in ln for ln in bad)
 
 
+def test_console_input_typed_before_boot_is_not_lost(classifier):
+    """Commands written to the console before the guest is up wait in the
+    UART (one byte at a time without FIFOs); turning the FIFOs on clears
+    them, so the guest must take every waiting byte first. Written right
+    after QEMU starts, long before the guest runs (if they came later they
+    would go through the FIFOs: the test would pass either way)."""
+    with UdpVM(classifier.path, ["lan", "wan"]) as vm:
+        vm.guest.send("help\ninfo\n")
+        vm.guest.wait_ready(TIMEOUT)
+        m = vm.guest.wait_for(r"^commands: |^unknown command", TIMEOUT)
+        assert m.group(0) == "commands: ", vm.guest.console_text()
+        m = vm.guest.wait_for(r"^memory: |^unknown command", TIMEOUT)
+        assert m.group(0) == "memory: ", vm.guest.console_text()
+
+
 def test_boot_cli_runs_the_vm_until_quit(classifier):
     cmd = [sys.executable, "-m", "middlebox", "boot", classifier.path, "--nic", "lan=user",
            "--nic", "wan=user", "--accel", "tcg"]

@@ -21,6 +21,8 @@ static uint64_t scale;      /* ns per cycle, 32.32 fixed point */
 static uint64_t base_tsc;   /* clock_ns() = base_ns + scale * (tsc - base_tsc) */
 static uint64_t base_ns;
 static const char *source = "guess";
+static int lapic_pending;   /* started by clock_init, read by clock_ready */
+static uint64_t fallback_khz;
 static uintptr_t apic;      /* local APIC, while its timer refines the rate */
 static uint32_t cal_c0;
 static uint64_t cal_t0;
@@ -96,41 +98,45 @@ static uint64_t from_kvmclock(uint32_t hv_max)
 }
 
 /*
- * Count TSC cycles while the local APIC timer counts CLOCK_CAL_NS ticks.
- * Each sample reads the APIC and then the TSC back to back, and the first
- * sample is thrown away (under TCG it pays for translating the loop), so
- * both clocks are read at matching moments. The timer keeps running for
- * clock_refine().
+ * The local APIC timer against the TSC. lapic_start() sets the timer
+ * counting down from 2^32 - 1 at 1 GHz and takes the first sample (the
+ * APIC, then the TSC, back to back); lapic_rate() takes the second, at
+ * least CLOCK_CAL_NS later, and returns the TSC rate in kHz. clock_init()
+ * starts it and clock_ready() reads it, so the window is the boot itself:
+ * no time is spent waiting unless the boot took less than CLOCK_CAL_NS.
+ * The timer keeps running for clock_refine().
  */
-static uint64_t from_lapic(void)
+static int lapic_start(void)
 {
-    uint64_t base = rdmsr(MSR_APIC_BASE), t = 0, t0 = 0;
-    uint32_t c = 0, c0 = 0, i;
+    uint64_t base = rdmsr(MSR_APIC_BASE);
     if (!(base & (1u << 11)))
         return 0;           /* APIC disabled */
     apic = (uintptr_t)(base & 0xfffff000u);
     mmio_write32(apic + APIC_TIMER_DIV, 0xb);           /* divide by 1 */
     mmio_write32(apic + APIC_LVT_TIMER, 1u << 16);      /* masked, one-shot */
     mmio_write32(apic + APIC_TIMER_INIT, 0xffffffffu);
+    cal_c0 = mmio_read32(apic + APIC_TIMER_CUR);
+    cal_t0 = rdtsc();
+    return 1;
+}
+
+static uint64_t lapic_rate(void)
+{
+    uint64_t t = 0;
+    uint32_t c = cal_c0, i;
     for (i = 0; i < 10000000; i++) {
         c = mmio_read32(apic + APIC_TIMER_CUR);
         t = rdtsc();
-        if (i == 1) {
-            c0 = c;
-            t0 = t;
-        } else if (i > 1 && (c0 - c >= CLOCK_CAL_NS || c == 0 || c > c0)) {
+        if (cal_c0 - c >= CLOCK_CAL_NS || c == 0 || c > cal_c0)
             break;
-        }
     }
-    if (c >= c0 || t <= t0) {
+    if (c >= cal_c0 || c == 0 || t <= cal_t0) {
         mmio_write32(apic + APIC_TIMER_INIT, 0);
         return 0;
     }
-    cal_c0 = c0;
-    cal_t0 = t0;
     refining = 1;
     /* cycles per APIC tick times the APIC rate, in kHz */
-    return (t - t0) * (APIC_BUS_HZ / 1000) / (c0 - c);
+    return (t - cal_t0) * (APIC_BUS_HZ / 1000) / (cal_c0 - c);
 }
 
 static void set_rate(uint64_t khz)
@@ -186,18 +192,38 @@ void clock_init(void)
         if (r[0] && r[1] && r[2] && (khz = (uint64_t)r[2] * r[1] / r[0] / 1000))
             source = "cpuid-15";
     }
-    if (!khz && (khz = from_lapic()))
-        source = "lapic";
     if (!khz && max >= 0x16) {
         cpuid(0x16, 0, r);
-        if ((khz = (uint64_t)(r[0] & 0xffff) * 1000))
-            source = "cpuid-16";
+        fallback_khz = (uint64_t)(r[0] & 0xffff) * 1000;
+    }
+    if (!khz && lapic_start()) {
+        lapic_pending = 1;      /* the rate comes in clock_ready() */
+        source = "lapic";
+    } else if (!khz && (khz = fallback_khz)) {
+        source = "cpuid-16";
     }
     if (!khz)
-        khz = 1000000;
+        khz = fallback_khz ? fallback_khz : 1000000;   /* until clock_ready() */
     base_tsc = boot_tsc;
     base_ns = 0;
     set_rate(khz);
+}
+
+void clock_ready(void)
+{
+    uint64_t khz;
+    if (!lapic_pending)
+        return;
+    lapic_pending = 0;
+    if ((khz = lapic_rate())) {
+        set_rate(khz);
+    } else if (fallback_khz) {
+        set_rate(fallback_khz);
+        source = "cpuid-16";
+    } else {
+        set_rate(1000000);
+        source = "guess";
+    }
 }
 
 uint64_t clock_tsc_to_ns(uint64_t cycles)

@@ -7,9 +7,10 @@
  *   cpuid-4010 hypervisor timing leaf 0x40000010 (TSC kHz)
  *   cpuid-15   CPUID 0x15: TSC/crystal ratio times the crystal clock
  *   lapic      the local APIC timer, which QEMU and KVM both run at 1 GHz,
- *              counted against the TSC for CLOCK_CAL_NS nanoseconds at
- *              boot, then again over CLOCK_REFINE_NS by clock_refine()
- *              (the source becomes "lapic-refined")
+ *              counted against the TSC from clock_init() to clock_ready()
+ *              (the boot itself; at least CLOCK_CAL_NS nanoseconds), then
+ *              again over CLOCK_REFINE_NS by clock_refine() (the source
+ *              becomes "lapic-refined")
  *   cpuid-16   CPUID 0x16 base frequency (MHz), a nominal figure
  * With none of them, 1 GHz is assumed and the source says "guess".
  */
@@ -18,10 +19,15 @@
 
 #include <stdint.h>
 
-#define CLOCK_CAL_NS 20000          /* LAPIC calibration window at boot */
+#define CLOCK_CAL_NS 20000          /* shortest LAPIC calibration window */
 #define CLOCK_REFINE_NS 100000000   /* and the longer one after it */
 
+/* Find the TSC rate, or start measuring it (LAPIC). */
 void clock_init(void);
+/* Before the first clock_ns() that matters (the ready line): finish a
+ * LAPIC measurement begun by clock_init(). Until then clock_ns() runs at a
+ * provisional rate. */
+void clock_ready(void);
 /* Call now and then from the main loop: once CLOCK_REFINE_NS have passed
  * since a LAPIC calibration, measure the rate again over that whole time
  * (one APIC read) and continue at it without a jump. Cheap otherwise. */

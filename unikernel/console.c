@@ -1,11 +1,17 @@
 /*
  * console.c - COM1 16550 UART with its 16-byte FIFOs on, so that long
  * handler messages typed by the host arrive 16 bytes per VM exit. Turning
- * the FIFOs on clears them: a byte that came before (input piped in while
- * the guest booted waits in the receive register) is taken out first and
- * handed out by con_getc(). Output waits for the transmit holding register
- * to empty before each byte, with a bound so a stuck UART cannot hang the
- * guest; input is polled.
+ * the FIFOs on clears them (QEMU clears the receive side whenever the
+ * enable bit changes), and input piped in while the guest booted is
+ * waiting: without FIFOs one byte sits in the receive register, and each
+ * read of it makes QEMU put the next one there soon after. So con_init
+ * first drains the register into `early` (up to EARLY_MAX bytes) until no
+ * more comes for a while, then turns the FIFOs on; con_getc() hands out
+ * those bytes first. (A byte QEMU delivers in the few instructions between
+ * the last empty status read and the FIFO switch is still lost; input
+ * that arrives once the guest is up goes through the FIFOs.) Output waits for the transmit holding register to empty before
+ * each byte, with a bound so a stuck UART cannot hang the guest; input is
+ * polled.
  */
 #include "console.h"
 #include "libc.h"
@@ -21,8 +27,12 @@
 #define LSR_THRE 0x20   /* transmit holding register empty */
 #define SPIN_LIMIT 1000000
 
+#define EARLY_MAX 256
+#define EARLY_POLLS 2000      /* status reads to wait for a next early byte */
+
 static int present;
-static int early = -1;  /* a byte received before the FIFOs were on */
+static uint8_t early[EARLY_MAX];    /* received before the FIFOs were on */
+static uint32_t early_n, early_at;
 
 void con_init(void)
 {
@@ -32,8 +42,23 @@ void con_init(void)
     lsr = inb(COM1 + REG_LSR);
     /* No UART answers 0xff on every port. */
     present = lsr != 0xff;
-    if (present && (lsr & LSR_DR))
-        early = inb(COM1 + REG_DATA);
+    /* Reading the register lets QEMU deliver the next waiting byte, from
+     * its I/O thread, a moment later: take them all, waiting up to
+     * EARLY_POLLS status reads for each next one, or a byte would be lost
+     * when the FIFOs are cleared below. Without early input this costs
+     * one status read. */
+    if (present && (lsr & LSR_DR)) {
+        uint32_t polls = 0;
+        while (early_n < EARLY_MAX && polls < EARLY_POLLS) {
+            if (lsr & LSR_DR) {
+                early[early_n++] = inb(COM1 + REG_DATA);
+                polls = 0;
+            } else {
+                polls++;
+            }
+            lsr = inb(COM1 + REG_LSR);
+        }
+    }
     /* FIFOs on (and cleared), receive trigger level 14: QEMU hands over
      * as many bytes at once as the trigger level allows. */
     outb(COM1 + REG_FCR, 0xc7);
@@ -64,11 +89,8 @@ void con_puts(const char *s)
 
 int con_getc(void)
 {
-    if (early >= 0) {
-        int c = early;
-        early = -1;
-        return c;
-    }
+    if (early_at < early_n)
+        return early[early_at++];
     if (!present || !(inb(COM1 + REG_LSR) & LSR_DR))
         return -1;
     return inb(COM1 + REG_DATA);

@@ -523,11 +523,13 @@ void guest_main(uint32_t start_info)
     mark("entry");
     platform_init(start_info);
     mark("platform");
+    clock_init();               /* starts the LAPIC count the boot is timed by */
+    mark("clock-start");
     con_init();
     mark("console");
-    clock_init();
-    mark("clock");
     nnet = setup();
+    clock_ready();
+    mark("clock");
     ready_ns = clock_ns();
     ready_line();
     print_marks();
