@@ -16,7 +16,6 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-import middlebox.elements.routing as routing
 from middlebox.elements import catalogue
 from middlebox.graph import Graph
 from middlebox import loader

@@ -355,8 +355,8 @@ def test_tcp_timeouts_are_configurable():
 # --- connections opened from the outside --------------------------------------------------
 
 def test_outside_rules_open_connections_inward():
-    cfg = (f'rules: ["deny all"], outside_rules: ["allow dst host 10.0.0.10 and tcp dst '
-           f'port 443", "allow udp dst port 123", "deny all"]')
+    cfg = ('rules: ["deny all"], outside_rules: ["allow dst host 10.0.0.10 and tcp dst '
+           'port 443", "allow udp dst port 123", "deny all"]')
     syn = at(0, outside(tcp("198.51.100.7", 50000, dst="10.0.0.10", dport=443)))
     ntp = at(0.1, outside(udp("198.51.100.7", 123, dst="10.0.0.11", dport=123)))
     other = at(0.2, outside(tcp("198.51.100.7", 50001, dst="10.0.0.11", dport=443)))

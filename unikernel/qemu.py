@@ -143,7 +143,7 @@ def netdev_args(index, spec, machine="microvm"):
         netdev = ["-netdev", ",".join([f"{kind},id={nid}"] + opts)]
     elif kind == "vhost-user":
         if not opts:
-            raise ConfigError(f"--nic: vhost-user needs a socket path: vhost-user:PATH")
+            raise ConfigError("--nic: vhost-user needs a socket path: vhost-user:PATH")
         netdev = ["-chardev", f"socket,id=c{index},path={opts[0]}",
                   "-netdev", ",".join([f"vhost-user,id={nid},chardev=c{index}"] + opts[1:])]
         vhost = True
