@@ -560,31 +560,9 @@ MB_KERNEL(host_ether_filter) = {
 
 /* --- DropBroadcasts ---------------------------------------------------------------- */
 
-struct db_state {
-    uint32_t offset;
-};
-
-static uint32_t db_state_size(const uint8_t *cfg, uint32_t len)
-{
-    (void)cfg;
-    (void)len;
-    return sizeof(struct db_state);
-}
-
-static int db_init(struct mb_elem *e)
-{
-    struct db_state *s = e->state;
-    if (e->cfg_len != 4)
-        return mb_fail(e, "bad configuration");
-    s->offset = mb_le32(e->cfg);
-    if (s->offset > 0xFFFFu)
-        return mb_fail(e, "bad configuration");
-    return 0;
-}
-
 static void db_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    const uint32_t off = ((const struct db_state *)e->state)->offset;
+    const uint32_t off = mb_u16_cfg(e);
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
         if (MB_UNLIKELY(!mb_has(p, off, ETH_ALEN))) {
@@ -601,7 +579,7 @@ static void db_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 
 MB_KERNEL(drop_broadcasts) = {
     .name = "drop_broadcasts",
-    .state_size = db_state_size,
-    .init = db_init,
+    .state_size = mb_u16_cfg_size,
+    .init = mb_u16_cfg_init,
     .push = db_push,
 };

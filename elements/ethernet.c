@@ -12,33 +12,11 @@
 
 /* --- Strip / Unstrip: cfg = u32 length (little-endian) -------------------- */
 
-struct strip_state {
-    uint32_t n;
-};
-
-static uint32_t strip_state_size(const uint8_t *cfg, uint32_t len)
-{
-    (void)cfg;
-    (void)len;
-    return sizeof(struct strip_state);
-}
-
-static int strip_init(struct mb_elem *e)
-{
-    struct strip_state *s = e->state;
-    if (e->cfg_len != 4)
-        return mb_fail(e, "bad configuration");
-    s->n = mb_le32(e->cfg);
-    if (s->n > 0xFFFFu)
-        return mb_fail(e, "length out of range");
-    return 0;
-}
-
 /* Both keep the packets they pass at the front of pkts and emit them at
  * once (dropped packets go to no queue, so the order is kept). */
 static void strip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    const uint32_t len = ((struct strip_state *)e->state)->n;
+    const uint32_t len = mb_u16_cfg(e);
     uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
@@ -54,14 +32,14 @@ static void strip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 
 MB_KERNEL(strip) = {
     .name = "strip",
-    .state_size = strip_state_size,
-    .init = strip_init,
+    .state_size = mb_u16_cfg_size,
+    .init = mb_u16_cfg_init,
     .push = strip_push,
 };
 
 static void unstrip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    const uint32_t len = ((struct strip_state *)e->state)->n;
+    const uint32_t len = mb_u16_cfg(e);
     uint32_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
@@ -77,8 +55,8 @@ static void unstrip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 
 MB_KERNEL(unstrip) = {
     .name = "unstrip",
-    .state_size = strip_state_size,
-    .init = strip_init,
+    .state_size = mb_u16_cfg_size,
+    .init = mb_u16_cfg_init,
     .push = unstrip_push,
 };
 

@@ -206,31 +206,9 @@ MB_KERNEL(check_ip_header) = {
 
 /* --- MarkIPHeader: cfg = u32 offset; xstat 0 short ------------------------ */
 
-struct ip_offset_state {
-    uint32_t offset;
-};
-
-static uint32_t ip_offset_state_size(const uint8_t *cfg, uint32_t len)
-{
-    (void)cfg;
-    (void)len;
-    return sizeof(struct ip_offset_state);
-}
-
-static int ip_offset_init(struct mb_elem *e)
-{
-    struct ip_offset_state *s = e->state;
-    if (e->cfg_len != 4)
-        return mb_fail(e, "bad configuration");
-    s->offset = mb_le32(e->cfg);
-    if (s->offset > 0xFFFFu)
-        return mb_fail(e, "offset out of range");
-    return 0;
-}
-
 static void mark_ip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    const uint32_t off = ((const struct ip_offset_state *)e->state)->offset;
+    const uint32_t off = mb_u16_cfg(e);
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
         if (MB_UNLIKELY(!mb_has(p, off, IP_MIN_HLEN))) {
@@ -245,8 +223,8 @@ static void mark_ip_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 
 MB_KERNEL(mark_ip_header) = {
     .name = "mark_ip_header",
-    .state_size = ip_offset_state_size,
-    .init = ip_offset_init,
+    .state_size = mb_u16_cfg_size,
+    .init = mb_u16_cfg_init,
     .push = mark_ip_push,
 };
 
@@ -576,7 +554,7 @@ MB_KERNEL(ip_mirror) = {
 
 static void get_ip_address_push(struct mb_elem *e, struct mb_packet **pkts, uint32_t n)
 {
-    const uint32_t off = ((const struct ip_offset_state *)e->state)->offset;
+    const uint32_t off = mb_u16_cfg(e);
     for (uint32_t i = 0; i < n; i++) {
         struct mb_packet *p = pkts[i];
         uint64_t pos = off;         /* position relative to p->data, + base */
@@ -599,8 +577,8 @@ static void get_ip_address_push(struct mb_elem *e, struct mb_packet **pkts, uint
 
 MB_KERNEL(get_ip_address) = {
     .name = "get_ip_address",
-    .state_size = ip_offset_state_size,
-    .init = ip_offset_init,
+    .state_size = mb_u16_cfg_size,
+    .init = mb_u16_cfg_init,
     .push = get_ip_address_push,
 };
 

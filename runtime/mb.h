@@ -235,6 +235,37 @@ uint32_t mb_alloc_batch(struct mb_engine *eng, struct mb_packet **out, uint32_t 
 void mb_free_batch(struct mb_engine *eng, struct mb_packet **pkts, uint32_t n);
 struct mb_packet *mb_clone(struct mb_engine *eng, const struct mb_packet *p);
 int mb_fail(struct mb_elem *e, const char *msg);
+
+/* Kernels whose whole configuration is one little-endian u32 below 65536
+ * (an offset or a length: Strip, Unstrip, MarkIPHeader, DropBroadcasts...)
+ * share this state, its size and its init. */
+struct mb_u16_cfg {
+    uint32_t value;
+};
+
+static inline uint32_t mb_u16_cfg_size(const uint8_t *cfg, uint32_t len)
+{
+    (void)cfg;
+    (void)len;
+    return sizeof(struct mb_u16_cfg);
+}
+
+static inline int mb_u16_cfg_init(struct mb_elem *e)
+{
+    struct mb_u16_cfg *s = e->state;
+    if (e->cfg_len != 4)
+        return mb_fail(e, "bad configuration");
+    s->value = mb_le32(e->cfg);
+    if (s->value > 0xFFFFu)
+        return mb_fail(e, "configuration out of range");
+    return 0;
+}
+
+static inline uint32_t mb_u16_cfg(const struct mb_elem *e)
+{
+    return ((const struct mb_u16_cfg *)e->state)->value;
+}
+
 uint64_t mb_now(struct mb_engine *eng);
 /* Largest packet a fresh buffer holds (buffer size less headroom). */
 uint32_t mb_max_len(const struct mb_engine *eng);
