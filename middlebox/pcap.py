@@ -432,6 +432,17 @@ def _parse_pcapng(buf, name):
     walk_from = 0        # where _epb_run may next be tried
     u32 = epb = None
 
+    def add_chunk(got):
+        """Close the packets indexed one by one so far, then add a chunk
+        indexed at once (the numpy views keep the old arrays alive)."""
+        nonlocal data_pos, caplens, ifidx, units, count
+        if data_pos:
+            bulk.append(_as_arrays(data_pos, caplens, ifidx, units))
+            count += len(data_pos)
+            data_pos, caplens, ifidx, units = (array("Q") for _ in range(4))
+        bulk.append(got)
+        count += len(got[0])
+
     def too_long(number, caplen):
         return RunError(f"{name}: packet {number} has captured length "
                         f"{caplen}, over the snap length")
@@ -482,13 +493,7 @@ def _parse_pcapng(buf, name):
                 tried_bulk = True
                 got = _uniform_epbs(buf, pos, blen, e, ifaces)
                 if got is not None:
-                    if data_pos:
-                        bulk.append(_as_arrays(data_pos, caplens, ifidx, units))
-                        count += len(data_pos)
-                        data_pos, caplens, ifidx, units = (
-                            array("Q"), array("Q"), array("Q"), array("Q"))
-                    bulk.append(got)
-                    count += len(got[0])
+                    add_chunk(got)
                     break
             if pos >= walk_from:
                 # a run of packet blocks: walk it lean, check it with numpy;
@@ -496,13 +501,7 @@ def _parse_pcapng(buf, name):
                 got, stop = _epb_run(buf, pos, e, ifaces)
                 walk_from = stop
                 if got is not None:
-                    if data_pos:
-                        bulk.append(_as_arrays(data_pos, caplens, ifidx, units))
-                        count += len(data_pos)
-                        data_pos, caplens, ifidx, units = (
-                            array("Q"), array("Q"), array("Q"), array("Q"))
-                    bulk.append(got)
-                    count += len(got[0])
+                    add_chunk(got)
                     pos = stop
                     continue
             data_pos.append(pos + 28)

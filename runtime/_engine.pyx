@@ -958,7 +958,7 @@ cdef class Engine:
     cdef void _run_sources(self, uint64_t max_packets, uint64_t *made_out, uint64_t *t0_out,
                            uint64_t *t1_out):
         cdef uint64_t made = 0, t0, t1
-        cdef uint32_t m, d, i, ndev = self.eng.ndev
+        cdef uint32_t m, d, ndev = self.eng.ndev
         cdef mb_packet *txb[256]
         with nogil:
             t0 = now_ns()
@@ -978,8 +978,7 @@ cdef class Engine:
                         m = mb_engine_tx(self.eng, d, txb, 256)
                         if m == 0:
                             break
-                        for i in range(m):
-                            mb_free(self.eng, txb[i])
+                        mb_free_batch(self.eng, txb, m)
                 if max_packets and made >= max_packets:
                     break
             t1 = now_ns()

@@ -21,6 +21,7 @@ class Engine:
 
     def __init__(self, plan, packets=0, buffer_size=10240, headroom=128):
         self.plan = plan
+        self._dev_index = {d: i for i, d in enumerate(plan.devices)}
         try:
             self.c = _CEngine(plan.data, packets, buffer_size, headroom)
         except EngineError as e:
@@ -47,7 +48,7 @@ class Engine:
         Returns {device: Capture}.
         """
         pairs = self._inputs(inputs)
-        index = {d: i for i, d in enumerate(self.plan.devices)}
+        index = self._dev_index
         want = self.plan.devices if collect is None else collect
         try:
             out, over, _ = self.c.run_inputs(self._sources(pairs),
@@ -70,11 +71,9 @@ class Engine:
         (header first) before the run, so a device nothing reaches still gets
         a valid, empty capture. Returns {device: packets written}."""
         pairs = self._inputs(inputs)
-        index = {d: i for i, d in enumerate(self.plan.devices)}
+        index = self._dev_index
         for dev in outputs:
-            if dev not in index:
-                raise RunError(f"device '{dev}' is not in the graph "
-                               f"(devices: {', '.join(self.plan.devices) or 'none'})")
+            self._check_device(dev)
         linktype = pairs[0][1].linktype if pairs else 1
         snaplen = max(65535, self.c.max_packet)
         files, specs, names = [], {}, {}
@@ -120,15 +119,18 @@ class Engine:
                 raise RunError(f"element '{name}': a source without 'limit' never ends")
         pairs = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
         for dev, _ in pairs:
-            if dev not in self.plan.devices:
-                raise RunError(f"device '{dev}' is not in the graph "
-                               f"(devices: {', '.join(self.plan.devices) or 'none'})")
+            self._check_device(dev)
         return pairs
+
+    def _check_device(self, dev):
+        if dev not in self._dev_index:
+            raise RunError(f"device '{dev}' is not in the graph "
+                           f"(devices: {', '.join(self.plan.devices) or 'none'})")
 
     def _sources(self, pairs):
         """run_inputs' view of the captures (no object per packet): a
         ClassicFile's records are read in place, a Capture's arrays used."""
-        index = {d: i for i, d in enumerate(self.plan.devices)}
+        index = self._dev_index
         out = []
         for dev, cap in pairs:
             if isinstance(cap, pcap.ClassicFile):

@@ -8,12 +8,12 @@ measured by bench/, not asserted by tests.
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from middlebox import bench
+import clirun
+from clirun import fails
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTER = os.path.join(ROOT, "bench", "graphs", "router.yaml")
@@ -32,21 +32,8 @@ connections:
 """
 
 
-def mb(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "middlebox", "bench"] + [str(a) for a in args],
-                       cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
-
-
-def fails(r, code, *phrases):
-    lines = r.stderr.splitlines()
-    assert r.returncode == code, r.stderr
-    assert len(lines) == 1, r.stderr
-    assert "usage:" not in r.stderr.lower()
-    for p in phrases:
-        assert p in lines[0], lines[0]
-    return lines[0]
+def run_bench(*args, cwd):
+    return clirun.mb("bench", *args, cwd=cwd, timeout=300)
 
 
 @pytest.fixture
@@ -57,7 +44,7 @@ def counted(tmp_path):
 
 
 def test_text_reports_rate_and_ns_per_packet(tmp_path):
-    r = mb(ROUTER, "--packets", 5000, cwd=tmp_path)
+    r = run_bench(ROUTER, "--packets", 5000, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("router-bench: ")
@@ -69,7 +56,7 @@ def test_text_reports_rate_and_ns_per_packet(tmp_path):
 
 
 def test_json_on_stdout_has_the_documented_shape(tmp_path):
-    r = mb(ROUTER, "--packets", 5000, "--json", cwd=tmp_path)
+    r = run_bench(ROUTER, "--packets", 5000, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     for key in ("graph", "file", "packets", "seconds", "mpps", "ns_per_packet",
@@ -102,7 +89,7 @@ def test_json_on_stdout_has_the_documented_shape(tmp_path):
 
 def test_json_file(tmp_path):
     out = tmp_path / "r.json"
-    r = mb(ROUTER, "--packets", 3000, "--json", out, cwd=tmp_path)
+    r = run_bench(ROUTER, "--packets", 3000, "--json", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == f"wrote {out}"
     assert "ns/packet" in r.stdout
@@ -111,7 +98,7 @@ def test_json_file(tmp_path):
 
 
 def test_size_batch_flows_change_the_traffic(tmp_path, counted):
-    r = mb(counted, "--packets", 4000, "--size", 300, "--batch", 7, "--flows", 5, "--json",
+    r = run_bench(counted, "--packets", 4000, "--size", 300, "--batch", 7, "--flows", 5, "--json",
            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -124,7 +111,7 @@ def test_size_batch_flows_change_the_traffic(tmp_path, counted):
 def test_size_keeps_ip_headers_valid(tmp_path):
     """Resized templates still pass CheckIPHeader and reach the device."""
     for size in (60, 300, 1500):
-        r = mb(ROUTER, "--packets", 2000, "--size", size, "--json", cwd=tmp_path)
+        r = run_bench(ROUTER, "--packets", 2000, "--size", size, "--json", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)
         els = res["elements"]
@@ -153,7 +140,7 @@ def test_resize_recomputes_lengths_and_checksums():
 
 def test_plot_writes_png_and_sweeps(tmp_path):
     png = tmp_path / "sweep.png"
-    r = mb(ROUTER, "--packets", 3000, "--sweep-packets", 1000, "--plot", png, "--json",
+    r = run_bench(ROUTER, "--packets", 3000, "--sweep-packets", 1000, "--plot", png, "--json",
            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert png.read_bytes()[:8] == PNG_MAGIC
@@ -167,7 +154,7 @@ def test_plot_writes_png_and_sweeps(tmp_path):
 
 
 def test_progress_bar_on_request(tmp_path):
-    r = mb(ROUTER, "--packets", 20000, "--progress", cwd=tmp_path)
+    r = run_bench(ROUTER, "--packets", 20000, "--progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "100%" in r.stderr and "[" in r.stderr and "Mpps" in r.stderr
     assert r.stderr.endswith("\n")
@@ -187,23 +174,23 @@ def test_progress_bar_on_request(tmp_path):
 ], ids=["batch-0", "batch-64", "size-tiny", "size-below-headers", "flows-0", "packets-0",
         "plot-not-png", "plot-no-dir", "json-no-dir", "batch-not-int"])
 def test_errors_are_one_line(tmp_path, args, code, phrase):
-    fails(mb(ROUTER, *args, cwd=tmp_path), code, phrase)
+    fails(run_bench(ROUTER, *args, cwd=tmp_path), code, phrase)
 
 
 def test_error_graph_without_source(tmp_path):
-    fails(mb(CLASSIFIER, cwd=tmp_path), 2, "needs a source")
+    fails(run_bench(CLASSIFIER, cwd=tmp_path), 2, "needs a source")
 
 
 def test_error_missing_graph(tmp_path):
-    fails(mb(tmp_path / "nope.yaml", cwd=tmp_path), 2, "no such file")
+    fails(run_bench(tmp_path / "nope.yaml", cwd=tmp_path), 2, "no such file")
 
 
 def test_error_size_without_unlimited_source(tmp_path):
     g = tmp_path / "limited.yaml"
     g.write_text("name: limited\nelements:\n  src: {class: InfiniteSource, limit: 10}\n"
                  "  drop: {class: Discard}\nconnections:\n  - src -> drop\n")
-    fails(mb(g, "--size", 128, cwd=tmp_path), 2, "without 'limit'")
-    fails(mb(g, "--plot", tmp_path / "x.png", cwd=tmp_path), 2, "without 'limit'")
+    fails(run_bench(g, "--size", 128, cwd=tmp_path), 2, "without 'limit'")
+    fails(run_bench(g, "--plot", tmp_path / "x.png", cwd=tmp_path), 2, "without 'limit'")
     assert not (tmp_path / "x.png").exists()
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -19,32 +18,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
+from clirun import fails, mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = os.path.join(ROOT, "graphs", "classifier.yaml")
 LAN = os.path.join(ROOT, "graphs", "traces", "lan.pcap")
-ENTRY = os.path.join(os.path.dirname(sys.executable), "middlebox")
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-
-
-def mb(*args, cwd, entry=False):
-    """Run the command; stderr must never hold a traceback."""
-    cmd = [ENTRY] if entry else [sys.executable, "-m", "middlebox"]
-    r = subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
-                       timeout=60)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
-
-
-def fails(r, code, *phrases):
-    """Exit code `code` and exactly one line on stderr, holding each phrase."""
-    lines = r.stderr.splitlines()
-    assert r.returncode == code, r.stderr
-    assert len(lines) == 1, r.stderr
-    assert "usage:" not in r.stderr.lower()
-    for p in phrases:
-        assert p in lines[0], lines[0]
-    return lines[0]
 
 
 def write(path, text):

@@ -4,7 +4,6 @@ runs, from Python and through the control socket."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -14,6 +13,7 @@ from scapy.utils import wrpcap
 from middlebox import loader, plan
 from middlebox.errors import RunError
 from middlebox.runtime import Engine
+from clirun import Controlled
 from holding import HOLDING_PASS, run_held
 
 SLOW = """
@@ -70,23 +70,10 @@ def test_control_socket_with_run_linger(tmp_path):
         "elements:\n  lan: {class: FromDevice, device: lan}\n  cnt: {class: Counter}\n"
         "  wan: {class: ToDevice, device: wan}\nconnections: [lan -> cnt -> wan]\n")
     sock = str(tmp_path / "ctl.sock")
-    mb = [sys.executable, "-m", "middlebox"]
-    proc = subprocess.Popen(mb + ["run", str(tmp_path / "g.yaml"), "--in", f"lan={tmp_path / 'in.pcap'}",
-                                  "--out", f"wan={tmp_path / 'out.pcap'}", "--control", sock,
-                                  "--linger", "--stats", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.05)
-
-        def ctl(*a):
-            return subprocess.run(mb + ["ctl", sock, *a], capture_output=True, text=True)
-        for _ in range(100):            # the run may still be going
-            r = ctl("read", "cnt.count")
-            if r.stdout.strip() == "100":
-                break
-            time.sleep(0.05)
+    with Controlled(sock, tmp_path / "g.yaml", "--in", f"lan={tmp_path / 'in.pcap'}",
+                    "--out", f"wan={tmp_path / 'out.pcap'}", "--stats", "json") as run:
+        ctl = run.ctl
+        r = run.read_until("cnt.count", "100")
         assert r.returncode == 0 and r.stdout.strip() == "100", r.stderr
         assert "cnt.reset w" in ctl("list").stdout
         assert ctl("write", "cnt.reset").returncode == 0
@@ -95,12 +82,8 @@ def test_control_socket_with_run_linger(tmp_path):
         assert bad.returncode == 1 and "no write handler" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
         assert ctl("quit").returncode == 0
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+        out, err = run.finish()
+    assert run.returncode == 0, err
     assert '"count": 0' in out
     assert not os.path.exists(sock)
 

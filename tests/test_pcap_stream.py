@@ -22,6 +22,7 @@ from scapy.all import (IP, UDP, Ether, PcapNgWriter, PcapWriter, Raw, RawPcapNgR
 from middlebox import loader, pcap, plan
 from middlebox.errors import ConfigError, RunError
 from middlebox.runtime import Engine
+from clirun import mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,13 +87,6 @@ def scapy_records(path):
                 t = meta.sec * 10 ** 9 + meta.usec * 1000
             out.append((t, bytes(data)))
     return out
-
-
-def mb(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "middlebox", *map(str, args)], cwd=cwd,
-                       capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
 
 
 # --- reading ---------------------------------------------------------------------

@@ -8,9 +8,6 @@ behaviour (TTL - 1 when forwarded, next-hop MACs learned by ARP)."""
 
 import os
 import pathlib
-import subprocess
-import sys
-import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -20,6 +17,7 @@ from scapy.utils import rdpcap, wrpcap
 from middlebox import loader, plan
 from middlebox.runtime import Engine
 from middlebox.testing import capture, run_graph
+from clirun import Controlled
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GRAPH = str(ROOT / "graphs" / "stateful-firewall.yaml")
@@ -173,25 +171,11 @@ def test_live_connections_handler_through_the_control_socket(tmp_path):
     """`middlebox run --control` then `middlebox ctl ... read fw.connections`."""
     wrpcap(str(tmp_path / "wan.pcap"), list(rdpcap(WAN))[:-1])
     sock = str(tmp_path / "ctl.sock")
-    mb = [sys.executable, "-m", "middlebox"]
-    proc = subprocess.Popen(mb + ["run", GRAPH, "--in", f"lan={LAN}",
-                                  "--in", f"wan={tmp_path / 'wan.pcap'}",
-                                  "--out", f"lan={tmp_path / 'lan_out.pcap'}",
-                                  "--out", f"wan={tmp_path / 'wan_out.pcap'}",
-                                  "--control", sock, "--linger"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 30
-        while not os.path.exists(sock) and time.time() < deadline:
-            time.sleep(0.05)
-
-        def ctl(*a):
-            return subprocess.run(mb + ["ctl", sock, *a], capture_output=True, text=True)
-        for _ in range(100):            # the run may still be going
-            r = ctl("read", "fw.count")
-            if r.stdout.strip() == "6":
-                break
-            time.sleep(0.05)
+    with Controlled(sock, GRAPH, "--in", f"lan={LAN}", "--in", f"wan={tmp_path / 'wan.pcap'}",
+                    "--out", f"lan={tmp_path / 'lan_out.pcap'}",
+                    "--out", f"wan={tmp_path / 'wan_out.pcap'}") as run:
+        ctl = run.ctl
+        r = run.read_until("fw.count", "6")
         assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
         table = ctl("read", "fw.connections").stdout.splitlines()
         assert table[0].split() == ["proto", "inside", "outside", "opened_by", "state", "expires"]
@@ -206,10 +190,6 @@ def test_live_connections_handler_through_the_control_socket(tmp_path):
         assert ctl("write", "fw.flush").returncode == 0
         assert ctl("read", "fw.flows").stdout.strip() == "0"
         assert ctl("quit").returncode == 0
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+        _, err = run.finish()
+    assert run.returncode == 0, err
     assert not os.path.exists(sock)

@@ -24,13 +24,11 @@ from scapy.layers.l2 import ARP, Ether
 from middlebox import loader, plan
 from middlebox.errors import ConfigError, RunError
 from middlebox.unikernel import build, elf, netns, qemu
-from guestframes import classifier_frames
+from udpguest import UdpVM, classifier_frames, rewritten
 from vmnet import check_invariant
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASSIFIER = ROOT / "graphs" / "classifier.yaml"
-REWRITE_SRC = "02:00:00:00:00:01"      # EtherRewrite in graphs/classifier.yaml
-REWRITE_DST = "02:00:00:00:00:fe"
 TIMEOUT = 60.0                          # generous: TCG on a loaded machine
 
 BRIDGE = """\
@@ -69,68 +67,7 @@ def bridge(cache, tmp_path_factory):
     return build.build(path, cache=cache)
 
 
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class UdpVM:
-    """A booted image whose NICs are QEMU UDP sockets on loopback: send(dev,
-    frame) puts a frame on a NIC's wire, recv(dev) takes one the VM sent."""
-
-    def __init__(self, image, devices, append="", plan=None):
-        self.socks, self.qports, nics = {}, {}, []
-        for dev in devices:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self.socks[dev] = s
-            self.qports[dev] = free_udp_port()
-            nics.append((dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},"
-                              f"localaddr=127.0.0.1:{self.qports[dev]}"))
-        self.cmd = qemu.command(image, nics, accel="tcg", append=append)
-        self.guest = qemu.Guest(self.cmd, plan=plan)
-
-    def send(self, dev, frame):
-        self.socks[dev].sendto(bytes(frame), ("127.0.0.1", self.qports[dev]))
-
-    def recv(self, dev, count, timeout=10.0):
-        s = self.socks[dev]
-        s.settimeout(timeout)
-        out = []
-        try:
-            while len(out) < count:
-                out.append(s.recv(65536))
-        except socket.timeout:
-            pass
-        return out
-
-    def quiet(self, dev, wait=0.3):
-        """Frames that arrive on dev within `wait` seconds (expect none)."""
-        return self.recv(dev, 1 << 30, timeout=wait)
-
-    def close(self):
-        self.guest.kill()
-        for s in self.socks.values():
-            s.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
 parse_stats = qemu.parse_stats
-
-
-def rewritten(frame):
-    """What EtherRewrite(src=REWRITE_SRC, dst=REWRITE_DST) makes of a frame."""
-    return bytes(Ether(dst=REWRITE_DST, src=REWRITE_SRC)) [:12] + bytes(frame)[12:]
 
 
 # --- the image -----------------------------------------------------------------

@@ -14,7 +14,6 @@ import pathlib
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,11 @@ from scapy.layers.l2 import Ether
 
 from middlebox.errors import ConfigError
 from middlebox.unikernel import build, qemu
-from guestframes import classifier_frames
+from udpguest import UdpVM, classifier_frames, rewritten
 from vmnet import check_invariant
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASSIFIER = ROOT / "graphs" / "classifier.yaml"
-REWRITE_SRC = "02:00:00:00:00:01"      # EtherRewrite in graphs/classifier.yaml
-REWRITE_DST = "02:00:00:00:00:fe"
 LAN_MAC = "52:54:00:00:00:07"
 TIMEOUT = 60.0                          # generous: TCG on a loaded machine
 FOUR_GIB = 1 << 32
@@ -48,66 +45,9 @@ def classifier(tmp_path_factory):
     return build.build(CLASSIFIER, cache=tmp_path_factory.mktemp("mbcache"))
 
 
-class PciVM:
-    """A q35 VM whose NICs are QEMU UDP sockets on loopback. `edit` changes
-    each word of the QEMU command line before launch; `pre` goes before
-    the NICs, `extra` at the end."""
-
-    def __init__(self, image, devices, firmware=None, edit=None, pre=(), extra=(), macs=None):
-        self.socks, self.qports, nics = {}, {}, []
-        for dev in devices:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self.socks[dev] = s
-            q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            q.bind(("127.0.0.1", 0))
-            self.qports[dev] = q.getsockname()[1]
-            q.close()
-            mac = f",mac={macs[dev]}" if macs and dev in macs else ""
-            nics.append((dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},"
-                              f"localaddr=127.0.0.1:{self.qports[dev]}{mac}"))
-        self.cmd = qemu.command(image, nics, accel="tcg", machine="q35", firmware=firmware)
-        if edit:
-            self.cmd = [edit(c) for c in self.cmd]
-        first_nic = self.cmd.index("-netdev")
-        self.cmd[first_nic:first_nic] = list(pre)
-        self.cmd += list(extra)
-        self.guest = qemu.Guest(self.cmd)
-
-    def send(self, dev, frame):
-        self.socks[dev].sendto(bytes(frame), ("127.0.0.1", self.qports[dev]))
-
-    def recv(self, dev, count, timeout=TIMEOUT):
-        s = self.socks[dev]
-        s.settimeout(timeout)
-        out = []
-        try:
-            while len(out) < count:
-                out.append(s.recv(65536))
-        except socket.timeout:
-            pass
-        return out
-
-    def quiet(self, dev, wait=0.3):
-        """Frames that arrive on dev within `wait` seconds (expect none)."""
-        return self.recv(dev, 1 << 30, timeout=wait)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.guest.kill()
-        for s in self.socks.values():
-            s.close()
-        return False
-
-
-def rewritten(frame):
-    """The frame as EtherRewrite(src=REWRITE_SRC, dst=REWRITE_DST) leaves it."""
-    e = Ether(bytes(frame))
-    e.src, e.dst = REWRITE_SRC, REWRITE_DST
-    return bytes(e)
+def PciVM(image, devices, **kw):
+    """A q35 guest whose NICs are QEMU UDP sockets on loopback."""
+    return UdpVM(image, devices, machine="q35", recv_timeout=TIMEOUT, **kw)
 
 
 def nic_lines(info):
