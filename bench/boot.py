@@ -13,7 +13,10 @@ uses, NICs on loopback UDP sockets) it measures, on the host:
 and, inside the guest, the N of the ready line (guest entry to polling loop).
 The same launches (same machine, same NICs) of a trivial guest that prints
 one line and powers off (bench/trivial_guest.S) show QEMU's own share. Also: image sizes, guest
-memory in use, where the in-guest time goes (mb.trace), the accelerator.
+memory in use, where the in-guest time goes (mb.trace), the accelerator,
+and the middlebox guest again on QEMU's default anonymous (huge-page) RAM
+instead of the memfd RAM `middlebox boot` gives it (--ram-variant off to
+skip).
 Writes bench/results/boot.json.
 
     python bench/boot.py [--boots 20] [--graph graphs/classifier.yaml] [--accel auto]
@@ -60,7 +63,8 @@ def build_trivial(outdir):
     src = HERE / "trivial_guest.S"
     obj, image = outdir / "trivial.o", outdir / "trivial.elf"
     subprocess.run(["gcc", "-c", str(src), "-o", str(obj)], check=True)
-    subprocess.run(["ld", "-T", str(ROOT / "unikernel" / "guest.ld"), "-nostdlib", "-static",
+    subprocess.run(["ld", "-T", str(ROOT / "unikernel" / "guest.ld"), "--defsym=MB_ARENA_SIZE=0",
+                    "-nostdlib", "-static",
                     "-z", "max-page-size=4096", "-s", "-o", str(image),
                     str(obj)], check=True)
     return image
@@ -89,14 +93,14 @@ def probe_frame(probe):
 
 
 def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
-                   machine="microvm", firmware=None, probe="forward"):
+                   machine="microvm", firmware=None, probe="forward", ram="memfd"):
     """One launch: (ready host ms, ready in-guest us, first frame host ms, extra)."""
     tx, rx = udp_socket(), udp_socket()
     q_lan, q_wan = free_port(), free_port()
     nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
             ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
     cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append, machine=machine,
-                       firmware=firmware)
+                       firmware=firmware, ram=ram)
     cmd[0] = qemu.qemu_path()
     frame, same_nic = probe_frame(probe)
     answer = tx if same_nic else rx
@@ -184,6 +188,8 @@ def main(argv=None):
     ap.add_argument("--probe", default="forward",
                     help="first frame: forward (UDP lan -> wan) or arp:IP (ARP query "
                          "for IP answered on lan)")
+    ap.add_argument("--ram-variant", default="on", choices=("on", "off"),
+                    help="also boot on anonymous (huge-page) guest RAM")
     ap.add_argument("--json", default=str(HERE / "results" / "boot.json"))
     args = ap.parse_args(argv)
 
@@ -194,7 +200,15 @@ def main(argv=None):
         trivial = build_trivial(pathlib.Path(tmp))
         trivial_size = trivial.stat().st_size
         ready, guest_us, first, t_line, t_exit = [], [], [], [], []
+        anon = {"ready": [], "us": [], "first": []}
         for i in range(args.boots):
+            if args.ram_variant == "on":
+                r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
+                                             firmware=args.firmware, probe=args.probe,
+                                             ram="anonymous")
+                anon["ready"].append(r)
+                anon["us"].append(us)
+                anon["first"].append(f)
             r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
                                          firmware=args.firmware, probe=args.probe)
             ready.append(r)
@@ -235,6 +249,12 @@ def main(argv=None):
             "launch_to_exit_ms": summary(t_exit),
         },
     }
+    if anon["ready"]:
+        res["middlebox_anonymous_ram"] = {
+            "launch_to_ready_ms": summary(anon["ready"]),
+            "launch_to_first_frame_ms": summary(anon["first"]),
+            "in_guest_ready_us": summary(anon["us"], 0),
+        }
     res["guest_share_ms"] = {
         "ready": round(res["middlebox"]["launch_to_ready_ms"]["median"]
                        - res["trivial"]["launch_to_line_ms"]["median"], 2),
@@ -257,6 +277,14 @@ def main(argv=None):
     print(f"  {'in guest: ready':<24} median {mb['in_guest_ready_us']['median']:7.0f} us  "
           f"p90 {mb['in_guest_ready_us']['p90']:7.0f} us")
     print(f"  in-guest trace (us): {mb['in_guest_trace_us']}")
+    if "middlebox_anonymous_ram" in res:
+        an = res["middlebox_anonymous_ram"]
+        print("  the same on anonymous (huge-page) guest RAM:")
+        for key, label in (("launch_to_ready_ms", "launch -> ready line"),
+                           ("launch_to_first_frame_ms", "launch -> first frame")):
+            print(f"    {label:<22} median {an[key]['median']:7.2f} ms  p90 {an[key]['p90']:7.2f} ms")
+        print(f"    {'in guest: ready':<22} median {an['in_guest_ready_us']['median']:7.0f} us  "
+              f"p90 {an['in_guest_ready_us']['p90']:7.0f} us")
     print(f"trivial guest: image {tr['image_bytes']} bytes")
     print(f"  {'launch -> its line':<24} median {tr['launch_to_line_ms']['median']:7.2f} ms  "
           f"p90 {tr['launch_to_line_ms']['p90']:7.2f} ms")

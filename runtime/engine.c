@@ -67,10 +67,36 @@ uint32_t mb_max_len(const struct mb_engine *eng)
 
 /* --- packet pool ---------------------------------------------------------- */
 
+/* Packets are set up the first time the free list runs dry, a chunk at a
+ * time, not when the engine is made: a pool of thousands costs nothing
+ * until traffic needs it (the guest's boot time), and on the fast path the
+ * only cost is the empty-list test mb_alloc makes anyway. */
+#define MB_POOL_CHUNK 64u
+
+static struct mb_packet *pool_grow(struct mb_engine *eng)
+{
+    uint32_t i, n = eng->npkts - eng->fresh;
+    struct mb_packet *head = 0;
+    if (n > MB_POOL_CHUNK)
+        n = MB_POOL_CHUNK;
+    for (i = eng->fresh + n; i-- > eng->fresh;) {
+        struct mb_packet *p = &eng->pool[i];
+        p->head = eng->bufs + (uint64_t)i * eng->bufsize;
+        p->room = eng->bufsize;
+        p->data = p->head + eng->headroom;
+        p->flags = MB_PKT_FREE;
+        p->next_free = head;
+        head = p;
+    }
+    eng->fresh += n;
+    eng->free_list = head;
+    return head;
+}
+
 struct mb_packet *mb_alloc(struct mb_engine *eng)
 {
     struct mb_packet *p = eng->free_list;
-    if (MB_UNLIKELY(!p)) {
+    if (MB_UNLIKELY(!p) && !(p = pool_grow(eng))) {
         eng->alloc_failed++;
         return 0;
     }
@@ -113,8 +139,11 @@ uint32_t mb_alloc_batch(struct mb_engine *eng, struct mb_packet **out, uint32_t 
     const uint32_t headroom = eng->headroom;
     const uint64_t now = eng->now_ns;
     uint32_t i, seq = eng->seq;
-    for (i = 0; i < n && p; i++) {
-        struct mb_packet *next = p->next_free;
+    for (i = 0; i < n; i++) {
+        struct mb_packet *next;
+        if (MB_UNLIKELY(!p) && !(p = pool_grow(eng)))
+            break;
+        next = p->next_free;
 #ifdef MB_DEBUG
         if (!(p->flags & MB_PKT_FREE))
             __builtin_trap();
@@ -361,15 +390,14 @@ static int in_plan(const struct plan_view *v, uint32_t off, uint64_t n)
     return off <= v->len && n <= (uint64_t)(v->len - off);
 }
 
-static const struct mb_kernel *find_kernel(const char *name,
-                                           const struct mb_kernel *const *ks,
-                                           uint32_t nk)
+/* Index of the kernel called name in ks, or nk. */
+static uint32_t find_kernel(const char *name, const struct mb_kernel *const *ks, uint32_t nk)
 {
     uint32_t i;
     for (i = 0; i < nk; i++)
         if (ks[i] && str_eq(ks[i]->name, name))
-            return ks[i];
-    return 0;
+            return i;
+    return nk;
 }
 
 static int plan_parse(const uint8_t *b, uint32_t len, struct plan_view *v,
@@ -469,7 +497,8 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
     for (i = 0; i < v->nelem; i++) {
         const uint8_t *r = v->b + v->elems_off + i * MB_PLAN_ELEM;
         const char *kname = plan_str(v, mb_le32(r + 4));
-        const struct mb_kernel *k = find_kernel(kname, ks, nk);
+        uint32_t ki = find_kernel(kname, ks, nk);
+        const struct mb_kernel *k = ki < nk ? ks[ki] : 0;
         if (!k) {
             set_err(err, errlen, plan_str(v, mb_le32(r)),
                     ": this engine has no kernel ", kname);
@@ -490,10 +519,13 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
     off = o_src = ALIGN64(off + (uint64_t)v->ndev * sizeof(struct mb_device));
     off = o_slots = ALIGN64(off + (uint64_t)nsrc * sizeof(uint32_t));
     off = o_states = ALIGN64(off + qslots * sizeof(struct mb_packet *));
-    off = o_pkts = ALIGN64(off + states);
+    /* Everything an engine is made of comes before the packet pool, so an
+     * arena image (mb_engine_image) is this prefix; the pool and the
+     * buffers start zero and are set up as packets are first needed. */
+    off = o_plan = ALIGN64(off + states);
+    off = o_pkts = ALIGN64(off + v->len);
     off = o_bufs = ALIGN64(off + (uint64_t)npkts * sizeof(struct mb_packet));
-    off = o_plan = ALIGN64(off + (uint64_t)npkts * bufsize);
-    off = ALIGN64(off + v->len);
+    off = ALIGN64(off + (uint64_t)npkts * bufsize);
     if (!arena)
         return off;
 
@@ -517,7 +549,6 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
         struct mb_out *outs = (struct mb_out *)(arena + o_outs);
         struct mb_packet **slots = (struct mb_packet **)(arena + o_slots);
         uint8_t *st = arena + o_states;
-        struct mb_packet *pkts = (struct mb_packet *)(arena + o_pkts);
 
         eng->graph_name = strs + v->name_off;
         for (i = 0; i < v->nelem; i++) {
@@ -527,7 +558,8 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
             e->eng = eng;
             e->index = i;
             e->name = strs + mb_le32(r);
-            e->k = find_kernel(strs + mb_le32(r + 4), ks, nk);
+            e->kernel = find_kernel(strs + mb_le32(r + 4), ks, nk);
+            e->k = ks[e->kernel];
             e->cfg = pb + mb_le32(r + 8);
             e->cfg_len = mb_le32(r + 12);
             e->nout = mb_le16(r + 20);
@@ -557,15 +589,11 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
             d->tx.pkts = slots;
             slots += d->tx.cap;
         }
-        for (i = 0; i < npkts; i++) {
-            struct mb_packet *p = &pkts[i];
-            p->head = arena + o_bufs + (uint64_t)i * bufsize;
-            p->room = bufsize;
-            p->data = p->head + headroom;
-            p->next_free = i + 1 < npkts ? &pkts[i + 1] : 0;
-            p->flags = MB_PKT_FREE;
-        }
-        eng->free_list = npkts ? &pkts[0] : 0;
+        eng->size = off;
+        eng->pool = (struct mb_packet *)(arena + o_pkts);
+        eng->bufs = arena + o_bufs;
+        eng->free_list = 0;
+        eng->fresh = 0;
         eng->nfree = npkts;
     }
     for (i = 0; i < eng->nelem; i++) {
@@ -609,4 +637,136 @@ struct mb_engine *mb_engine_init(void *arena, uint64_t size,
     if (!layout(&v, opts, kernels, nkernels, (uint8_t *)arena, err, errlen))
         return 0;
     return (struct mb_engine *)arena;
+}
+
+/* --- arena images ------------------------------------------------------------ */
+
+#define IMAGE_MAGIC 0x4941424du        /* "MBAI" */
+#define IMAGE_VERSION 1u
+#define IMAGE_HEADER 24u
+#define IMAGE_GAP 4u                    /* zero words that end a record */
+
+static void put32(uint8_t *b, uint32_t v)
+{
+    memcpy(b, &v, 4);
+}
+
+static void put64(uint8_t *b, uint64_t v)
+{
+    memcpy(b, &v, 8);
+}
+
+static uint32_t get32(const uint8_t *b)
+{
+    uint32_t v;
+    memcpy(&v, b, 4);
+    return v;
+}
+
+static uint64_t get64(const uint8_t *b)
+{
+    uint64_t v;
+    memcpy(&v, b, 8);
+    return v;
+}
+
+/* Word i of the arena as the image keeps it: kernel pointers left out. */
+static uint64_t image_word(const struct mb_engine *eng, uint64_t i)
+{
+    const uint8_t *a = (const uint8_t *)eng;
+    uint64_t off = i * 8, elems = (uint64_t)((const uint8_t *)eng->elems - a);
+    if (off >= elems && off < elems + (uint64_t)eng->nelem * sizeof(struct mb_elem) &&
+        (off - elems) % sizeof(struct mb_elem) == __builtin_offsetof(struct mb_elem, k))
+        return 0;
+    return get64(a + off);
+}
+
+uint64_t mb_engine_image(const struct mb_engine *eng, uint8_t *out, uint64_t cap)
+{
+    const uint8_t *a = (const uint8_t *)eng;
+    uint64_t words = (uint64_t)((const uint8_t *)eng->pool - a) / 8, i = 0, len = IMAGE_HEADER;
+    uint8_t *o = cap >= IMAGE_HEADER ? out : 0;
+    if (o) {
+        put32(o, IMAGE_MAGIC);
+        put32(o + 4, IMAGE_VERSION);
+        put64(o + 8, (uint64_t)(uintptr_t)eng);
+        put64(o + 16, eng->size);
+    }
+    while (i < words) {
+        uint64_t start, end, zeros, j;
+        while (i < words && !image_word(eng, i))
+            i++;
+        if (i == words)
+            break;
+        /* A record runs until IMAGE_GAP zero words in a row (or the end). */
+        start = end = i;
+        for (zeros = 0; i < words && zeros < IMAGE_GAP; i++) {
+            if (image_word(eng, i)) {
+                end = i + 1;
+                zeros = 0;
+            } else {
+                zeros++;
+            }
+        }
+        i = end;
+        if (o && len + 8 + (end - start) * 8 <= cap) {
+            put32(o + len, (uint32_t)(start * 8));
+            put32(o + len + 4, (uint32_t)((end - start) * 8));
+            for (j = start; j < end; j++)
+                put64(o + len + 8 + (j - start) * 8, image_word(eng, j));
+        }
+        len += 8 + (end - start) * 8;
+    }
+    if (o && len + 8 <= cap) {
+        put32(o + len, 0);
+        put32(o + len + 4, 0);
+    }
+    return len + 8;
+}
+
+struct mb_engine *mb_engine_restore(void *arena, uint64_t size, const uint8_t *img,
+                                    uint64_t len, const struct mb_kernel *const *kernels,
+                                    uint32_t nkernels, char *err, uint32_t errlen)
+{
+    uint8_t *a = (uint8_t *)arena;
+    struct mb_engine *eng = (struct mb_engine *)arena;
+    uint64_t at = IMAGE_HEADER;
+    uint32_t i;
+    if (len < IMAGE_HEADER + 8 || get32(img) != IMAGE_MAGIC || get32(img + 4) != IMAGE_VERSION) {
+        set_err(err, errlen, "not an engine arena image", 0, 0);
+        return 0;
+    }
+    if (get64(img + 8) != (uint64_t)(uintptr_t)arena || get64(img + 16) > size) {
+        set_err(err, errlen, "engine arena image made for another address or size", 0, 0);
+        return 0;
+    }
+    for (;;) {
+        uint32_t off, n;
+        if (at + 8 > len)
+            goto bad;
+        off = get32(img + at);
+        n = get32(img + at + 4);
+        at += 8;
+        if (!n)
+            break;
+        if ((uint64_t)off + n > size || n > len - at)
+            goto bad;
+        memcpy(a + off, img + at, n);
+        at += n;
+    }
+    if (size < sizeof(*eng) || eng->size > size || eng->nelem > 65536 ||
+        (uint8_t *)eng->elems < a || (uint8_t *)(eng->elems + eng->nelem) > a + size)
+        goto bad;
+    for (i = 0; i < eng->nelem; i++) {
+        struct mb_elem *e = &eng->elems[i];
+        if (e->kernel >= nkernels || !kernels[e->kernel]) {
+            set_err(err, errlen, "engine arena image names a kernel this program lacks", 0, 0);
+            return 0;
+        }
+        e->k = kernels[e->kernel];
+    }
+    return eng;
+bad:
+    set_err(err, errlen, "engine arena image is corrupt", 0, 0);
+    return 0;
 }

@@ -187,6 +187,7 @@ struct mb_elem {
     struct mb_out *outs;
     uint16_t nout;
     uint16_t nin;
+    uint32_t kernel;                /* k's index in the engine's kernel table */
     struct mb_queue q;
     uint64_t in;                    /* packets received */
     uint64_t created;               /* packets made here (sources, Tee copies) */

@@ -442,7 +442,7 @@ def test_vm_drives_legacy_virtio_mmio_too(classifier):
 def test_vm_without_enough_memory_says_so(classifier):
     with UdpVM(classifier.path, ["lan", "wan"]) as vm:
         vm.guest.kill()
-        cmd = [("3M" if c == "16M" else c) for c in vm.cmd]
+        cmd = [c.replace("16M", "3M") for c in vm.cmd]
         vm.guest = qemu.Guest(cmd)
         m = vm.guest.wait_for(r"middlebox: error: (.*)", TIMEOUT)
         assert "give the VM more with --mem" in m.group(1)

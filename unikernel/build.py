@@ -2,8 +2,10 @@
 
 The image is an x86-64 ELF with a PVH entry: the guest runtime in this
 folder, the shared engine (runtime/engine.c), only the element kernels the
-graph uses, a kernel table listing just those, and the graph's plan in
-section `.mbplan`. gcc and ld from Debian are all it needs.
+graph uses, a kernel table listing just those, the graph's plan in
+section `.mbplan`, and the engine itself, made on the host at build time by
+arena.c and restored by the guest at boot. gcc and ld from Debian are all
+it needs.
 
 Objects are cached by the hash of their source and flags, images by the
 hash of everything that goes into them, under $MIDDLEBOX_CACHE or
@@ -161,25 +163,43 @@ def _compile(gcc, src, text, flags, objdir, headers):
     return obj
 
 
-def _memory(gcc, gendir, kernels, image, ndev):
-    """Guest RAM the image needs: run sizer.c (built for this host with the
-    same engine, kernels and plan) for the engine arena, add the image and
-    each NIC's rings and buffers. A dict stored in the image's .mbmem."""
-    exe = gendir / "sizer"
-    srcs = [HERE / "sizer.c", ROOT_RUNTIME / "engine.c", gendir / "kernel_table.c",
+def _arena_tool(gcc, gendir, kernels):
+    """Build arena.c for this host with the guest's engine, kernels, kernel
+    table and plan; return its path."""
+    exe = gendir / "arena"
+    srcs = [HERE / "arena.c", ROOT_RUNTIME / "engine.c", gendir / "kernel_table.c",
             gendir / "plan.c", *sorted({pathlib.Path(f) for f in kernels.values()})]
     r = subprocess.run([gcc, "-std=gnu11", "-O0", "-w", "-I", str(ROOT_RUNTIME), "-I", str(HERE),
                         *map(str, srcs), "-o", str(exe)], capture_output=True, text=True)
     if r.returncode:
         lines = r.stderr.strip().splitlines()
-        raise RunError(f"building the memory sizer failed: {lines[-1] if lines else r.returncode}")
-    r = subprocess.run([str(exe)], capture_output=True, text=True)
+        raise RunError(f"building the engine arena tool failed: {lines[-1] if lines else r.returncode}")
+    return exe
+
+
+def _run_arena(exe, *args):
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True)
     if r.returncode:
         raise RunError(f"the guest engine refuses this plan: {r.stderr.strip()}")
+    return r.stdout
+
+
+def _link(ld, objs, out, arena_bytes):
+    cmd = [ld, *LDFLAGS, f"--defsym=MB_ARENA_SIZE={arena_bytes}", "-T", str(HERE / "guest.ld"),
+           "-o", str(out), *map(str, objs)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        lines = r.stderr.strip().splitlines()
+        raise RunError(f"linking the guest failed: {lines[-1] if lines else r.returncode}")
     from middlebox.unikernel import elf
-    engine = int(r.stdout)
-    end = max(s["paddr"] + s["memsz"] for s in elf.read(image).segments if s["type"] == elf.PT_LOAD)
-    need = end + engine + ndev * NIC_BYTES
+    return elf.read(out)
+
+
+def _memory(image, engine, ndev):
+    """Guest RAM the image needs: the image (its arena included) and each
+    NIC's rings and buffers. A dict stored in the image's .mbmem."""
+    end = max(s["paddr"] + s["memsz"] for s in image.segments if s["type"] == 1)
+    need = end + ndev * NIC_BYTES
     mib = max(16, -(-(need + need // 8 + (1 << 20)) // (1 << 20)))   # 1/8 and 1 MiB to spare
     return {"engine_bytes": engine, "nic_bytes": NIC_BYTES, "image_end": end,
             "needed_bytes": need, "min_mib": mib}
@@ -213,8 +233,8 @@ def build(graph, output=None, cache=None):
                  "kernel_table.c": kernel_table.table_source(kernels).encode()}
     script = (HERE / "guest.ld").read_bytes()
     version = _gcc_version(gcc)
-    sizer = (HERE / "sizer.c").read_bytes()
-    key = _hash(version, CFLAGS, LIBC_FLAGS, LDFLAGS, header_text, script, sizer,
+    tool = (HERE / "arena.c").read_bytes()
+    key = _hash(version, CFLAGS, LIBC_FLAGS, LDFLAGS, header_text, script, tool,
                 *[texts[s] for s in sources], *generated.values())
     outdir = cache / "images" / key[:24]
     image = outdir / "guest.elf"
@@ -234,14 +254,28 @@ def build(graph, output=None, cache=None):
                 flags = CFLAGS + (LIBC_FLAGS if s.name == "libc.c" else [])
                 jobs.append(pool.submit(_compile, gcc, s, texts[s], flags, objdir, header_text))
             objs = [j.result() for j in jobs]
+        # The engine is made here, on the host, at the address the guest's
+        # arena is linked at; the guest restores it (guest.ld).
+        tool = _arena_tool(gcc, gendir, kernels)
+        engine = int(_run_arena(tool, "size"))
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
-        cmd = [ld, *LDFLAGS, "-T", str(HERE / "guest.ld"), "-o", str(tmp), *map(str, objs)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        first = _link(ld, objs, tmp, engine)
+        at = first.sections[".mbarena"]["addr"]
+        arena_img = gendir / "arena.img"
+        _run_arena(tool, hex(at), str(arena_img))
+        asm = gendir / "arena_image.S"
+        quoted = str(arena_img).replace("\\", "\\\\").replace('"', '\\"')
+        asm.write_text(f'.section .mbinit,"a",@progbits\n.incbin "{quoted}"\n')
+        arena_obj = gendir / "arena_image.o"
+        r = subprocess.run([gcc, "-c", str(asm), "-o", str(arena_obj)], capture_output=True,
+                           text=True)
         if r.returncode:
-            lines = r.stderr.strip().splitlines()
-            raise RunError(f"linking the guest failed: {lines[-1] if lines else r.returncode}")
+            raise RunError(f"assembling the arena image failed: {r.stderr.strip()}")
+        final = _link(ld, [*objs, arena_obj], tmp, engine)
+        if final.sections[".mbarena"]["addr"] != at:
+            raise RunError("the guest's engine arena moved between the two links")
         info = outdir / "mbmem.json"
-        info.write_text(json.dumps(_memory(gcc, gendir, kernels, tmp, len(p.devices))))
+        info.write_text(json.dumps(_memory(final, engine, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"
         for args in (["--add-section", f".mbmem={info}", str(tmp)],
                      ["--strip-all", str(tmp), str(stripped)]):

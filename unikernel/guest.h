@@ -8,7 +8,7 @@
 #include "mb.h"
 
 /* Engine packet buffers in the guest: a full Ethernet frame (1514 bytes)
- * and more fit after the headroom. sizer.c uses the same figures. */
+ * and more fit after the headroom. arena.c uses the same figures. */
 #define GUEST_PKT_BUF 2048
 #define GUEST_PKT_HEADROOM 128
 
@@ -20,6 +20,10 @@ extern const uint32_t mb_plan_len;
  * kernel counters (xstat[0..]) separated by spaces ("" when none). */
 extern const char *const mb_elem_class[];
 extern const char *const mb_elem_xstats[];
+
+/* The engine's arena (guest.ld) and its image, made at build time by arena.c. */
+extern uint8_t mb_arena[];
+extern const uint8_t mb_arena_image[], mb_arena_image_end[];
 
 /* Kernels this image holds (only the ones the plan uses). */
 extern const struct mb_kernel *const mb_kernels[];

@@ -35,7 +35,6 @@ static struct vnet *bound[MAX_NICS];    /* per logical device, or 0 */
 static uint64_t unbound_dropped[MAX_NICS];
 static struct mb_engine *eng;
 static uint64_t ready_ns;
-static uint64_t engine_bytes;
 
 static void print_info(void);
 static char line[128];
@@ -378,7 +377,7 @@ static void print_info(void)
         con_puts("\n");
     }
     con_printf("memory: %lu KiB used of %lu KiB (engine %lu KiB: %u packets of %u bytes)\n",
-               platform_used() >> 10, platform_ram() >> 10, engine_bytes >> 10, eng->npkts,
+               platform_used() >> 10, platform_ram() >> 10, eng->size >> 10, eng->npkts,
                PKT_BUF);
     con_printf("clock: TSC %lu kHz (%s); up %lu ms; ready in %lu us\n", clock_tsc_khz(),
                clock_source(), (clock_ns() - ready_ns) / 1000000, ready_ns / 1000);
@@ -387,28 +386,19 @@ static void print_info(void)
 static uint32_t setup(void)
 {
     char err[MB_ERRLEN];
-    struct mb_engine_opts opts;
     uint32_t ntrans, nmmio, npci = 0, nnet = 0, i;
     int pci;
-    void *arena;
 
-    opts.npkts = 0;             /* what the plan asks for, plus slack */
-    opts.bufsize = PKT_BUF;
-    opts.headroom = PKT_HEADROOM;
+    /* The engine was made at build time (arena.c): bring it back. */
+    if (!platform_image_fits())
+        panic("not enough memory for the image and its engine (give the VM more with --mem)");
     err[0] = 0;
-    engine_bytes = mb_engine_size(mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels, err,
-                                  sizeof(err));
-    if (!engine_bytes)
-        panic(err);
-    arena = platform_alloc(engine_bytes, 64);
-    if (!arena)
-        panic("not enough memory for the engine (give the VM more with --mem)");
-    mark("engine-size");
-    eng = mb_engine_init(arena, engine_bytes, mb_plan, mb_plan_len, &opts, mb_kernels,
-                         mb_nkernels, err, sizeof(err));
+    eng = mb_engine_restore(mb_arena, (uint64_t)(mb_arena_image - mb_arena), mb_arena_image,
+                            (uint64_t)(mb_arena_image_end - mb_arena_image), mb_kernels,
+                            mb_nkernels, err, sizeof(err));
     if (!eng)
         panic(err);
-    mark("engine-init");
+    mark("engine");
 
     /* microvm's virtio-mmio windows are probed only where there is no
      * PCI: on a PC that address range may belong to a PCI BAR. */

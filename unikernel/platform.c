@@ -27,6 +27,7 @@ static struct {
 } ram[MAX_RAM_RANGES];
 static uint32_t nram;
 static uint64_t heap_next, heap_end, heap_start;
+static int image_fits = 1;
 static int sealed;
 
 /* --- exceptions ------------------------------------------------------------ */
@@ -138,13 +139,17 @@ void platform_init(uint32_t si_pa)
                 }
         }
     }
-    /* Init-time memory: the RAM range holding the image, from its end. */
+    /* Init-time memory: the RAM range holding the image, from its end. The
+     * image includes the engine arena (guest.ld), so it may not fit. */
     for (i = 0; i < nram; i++)
-        if (ram[i].start <= image_end && image_end < ram[i].end) {
+        if (ram[i].start <= image_end && image_end <= ram[i].end) {
             heap_start = heap_next = image_end;
             heap_end = ram[i].end;
         }
-    if (!heap_end) {
+    if (nram && !heap_end) {
+        image_fits = 0;
+        heap_start = heap_next = heap_end = image_end;     /* nothing to hand out */
+    } else if (!heap_end) {
         /* No usable map: assume the 16 MiB a boot line asks for at least. */
         add_ram(0, 16u << 20);
         heap_start = heap_next = image_end;
@@ -192,6 +197,11 @@ void *platform_alloc(uint64_t size, uint64_t align)
         return 0;
     heap_next = at + size;
     return (void *)(uintptr_t)at;
+}
+
+int platform_image_fits(void)
+{
+    return image_fits;
 }
 
 uint64_t platform_used(void)

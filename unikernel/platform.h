@@ -126,6 +126,9 @@ int cmdline_get(const char *key, uint32_t n, char *buf, uint32_t cap);
  * image, or 0 when RAM is exhausted. Not zeroed. Only before seal. */
 void *platform_alloc(uint64_t size, uint64_t align);
 
+/* 0 when RAM ends before the image does (its engine arena included). */
+int platform_image_fits(void);
+
 /* Bytes handed out so far and RAM the guest has. */
 uint64_t platform_used(void);
 uint64_t platform_ram(void);

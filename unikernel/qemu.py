@@ -161,10 +161,19 @@ def netdev_args(index, spec, machine="microvm"):
 
 
 def command(image, nics, accel="tcg", mem="auto", append="", qemu=QEMU, machine="microvm",
-            firmware=None):
+            firmware=None, ram="memfd"):
     """The QEMU command line (a list) that boots image with nics, a list of
     (device, spec) in plan device order, on machine microvm or q35 (with
-    firmware seabios, the default, or qboot)."""
+    firmware seabios, the default, or qboot).
+
+    ram="memfd" backs guest RAM with a memfd (4 KiB pages); ram="anonymous"
+    is QEMU's default, anonymous memory it asks the host to back with
+    transparent huge pages. memfd is the default because the first touch
+    of each 2 MiB of a huge-page RAM clears 2 MiB on the host, 0.2 to 1.7 ms
+    on this machine kind, and a guest touches a few such regions while it
+    boots and when its first frames arrive (bench/boot.py measures both)."""
+    if ram not in ("memfd", "anonymous"):
+        raise ConfigError(f"guest RAM: expected memfd or anonymous, got '{ram}'")
     if machine not in MACHINES:
         raise ConfigError(f"--machine: expected {' or '.join(MACHINES)}, got '{machine}'")
     if firmware is not None and machine != "q35":
@@ -193,9 +202,9 @@ def command(image, nics, accel="tcg", mem="auto", append="", qemu=QEMU, machine=
         args, v = netdev_args(i, spec, machine)
         cmd += args
         vhost |= v
-    if vhost:
+    if vhost or ram == "memfd":
         # vhost-user backends map guest memory: it must be shared.
-        cmd += ["-object", f"memory-backend-memfd,id=mem,size={mib}M,share=on",
+        cmd += ["-object", f"memory-backend-memfd,id=mem,size={mib}M,share={'on' if vhost else 'off'}",
                 "-machine", "memory-backend=mem"]
     return cmd
 
