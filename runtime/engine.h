@@ -85,28 +85,6 @@ struct mb_engine *mb_engine_init(void *arena, uint64_t size,
                                  const struct mb_kernel *const *kernels,
                                  uint32_t nkernels, char *err, uint32_t errlen);
 
-/*
- * Arena images: an engine made once by mb_engine_init, at the address it
- * will run at, kept as the non-zero 8-byte words of its arena before the
- * packet pool, and restored into a zeroed arena there by another program
- * (the guest restores what `middlebox build` made on the host, and so runs
- * no plan parsing and no kernel init at boot). Kernel pointers are not
- * kept: each element is bound again to kernels[e->kernel] of the restoring
- * program, which must hold the same kernel table.
- *
- * mb_engine_image writes the image to out (when cap is large enough) and
- * returns its length. Format (host byte order): u32 magic "MBAI", u32
- * version, u64 arena address, u64 arena size, then records of u32 offset,
- * u32 length (both multiples of 8) and the bytes, ended by a zero length.
- */
-uint64_t mb_engine_image(const struct mb_engine *eng, uint8_t *out, uint64_t cap);
-
-/* Restore an image into arena (size bytes, all zero, at the address the
- * image was made at). Returns the engine, or 0 with a message in err. */
-struct mb_engine *mb_engine_restore(void *arena, uint64_t size, const uint8_t *img,
-                                    uint64_t len, const struct mb_kernel *const *kernels,
-                                    uint32_t nkernels, char *err, uint32_t errlen);
-
 /* Hand received packets to device dev's FromDevice; returns packets taken
  * (the rest were freed and counted in rx_dropped). */
 uint32_t mb_engine_rx(struct mb_engine *eng, uint32_t dev,

@@ -15,7 +15,7 @@ from middlebox.elements.devices import FromDevice, ToDevice
 from middlebox.errors import ConfigError, RunError
 from middlebox.graph import Graph
 from middlebox.runtime import Engine
-from middlebox.testing import run_element, run_graph
+from middlebox.testing import capture, run_element, run_graph
 
 CLASSIFIER = str(pathlib.Path(__file__).resolve().parent.parent / "graphs" / "classifier.yaml")
 
@@ -88,6 +88,36 @@ connections:
     # Every original and copy arrives byte-identical.
     assert sorted(res["out"]) == sorted([bytes(p) for p in pkts] * 7)
     balanced(res.all_stats)
+
+
+def test_pool_is_set_up_as_needed_and_its_shortage_is_counted():
+    """The pool's packets are set up the first time they are needed, a chunk
+    at a time; a pool too small for a fan-out fails allocations (counted),
+    loses none of the packets it did make, and gets every one back."""
+    text = """
+elements:
+  lan: {class: FromDevice, device: lan}
+  t: {class: Tee, n: 4}
+  c: {class: Counter}
+  out: {class: ToDevice, device: out}
+connections: [lan -> t, "t[0] -> c", "t[1] -> c", "t[2] -> c", "t[3] -> c -> out"]
+"""
+    p = plan.build(loader.load(text))
+    roomy = Engine(p, packets=4096)
+    assert roomy.c.pool["free"] == 4096
+    pkts = [udp(i) for i in range(1000)]
+    got = roomy.run([("lan", capture(pkts))])
+    assert len(got["out"]) == 4000 and roomy.c.pool["alloc_failed"] == 0
+    assert roomy.c.pool["free"] == 4096
+    # 100 packets for 32 inputs a batch, each copied 3 times: not enough.
+    tight = Engine(p, packets=100)
+    got = tight.run([("lan", capture(pkts))])
+    st = tight.stats()
+    assert tight.c.pool["alloc_failed"] > 0
+    assert 1000 < len(got["out"]) < 4000
+    assert tight.c.pool["free"] == 100
+    assert len(got["out"]) == st["c"]["in"] == st["c"]["out"]
+    balanced(st)
 
 
 def test_many_batches_keep_order_and_timestamps():

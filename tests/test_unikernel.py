@@ -98,6 +98,47 @@ def test_image_links_only_the_kernels_its_plan_uses(classifier):
     assert undef.stdout.strip() == ""
 
 
+def _engine_layout(tmp_path):
+    """Offsets the C compiler gives the engine's structures (independent of
+    the build's code): elems in mb_engine, size of mb_elem, k and name in it."""
+    src = tmp_path / "layout.c"
+    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include "engine.h"\n'
+                   'int main(void) { printf("%zu %zu %zu %zu %zu", '
+                   'offsetof(struct mb_engine, nelem), offsetof(struct mb_engine, elems), '
+                   'sizeof(struct mb_elem), offsetof(struct mb_elem, k), '
+                   'offsetof(struct mb_elem, name)); return 0; }\n')
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", "-I", str(ROOT / "runtime"), str(src), "-o", str(exe)], check=True)
+    return [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True,
+                                           check=True).stdout.split()]
+
+
+def test_image_carries_its_engine_made_at_build_time(classifier, tmp_path):
+    """The engine is laid out and its kernels initialised on the host at build
+    time, for the address the guest's arena is linked at: the image loads it
+    ready, bound to the guest's own kernels, and holds no plan parser."""
+    img = elf.read(classifier.full)
+    sym = img.symbols()
+    assert "mb_engine_init" not in sym and "mb_engine_size" not in sym
+    o_nelem, o_elems, elem_size, o_k, o_name = _engine_layout(tmp_path)
+    arena = sym["mb_arena"]
+    u32 = lambda a: int.from_bytes(img.read_at(a, 4), "little")     # noqa: E731
+    u64 = lambda a: int.from_bytes(img.read_at(a, 8), "little")     # noqa: E731
+    order = classifier.plan.order
+    assert u32(arena + o_nelem) == len(order)
+    elems = u64(arena + o_elems)
+    assert arena < elems < sym["__image_end"]
+    graph = loader.load(str(CLASSIFIER))
+    for i, name in enumerate(order):
+        e = elems + i * elem_size
+        assert u64(e + o_k) == sym[f"mb_kernel_{graph.elements[name].kernel}"], name
+        at = u64(e + o_name)
+        assert img.read_at(at, len(name) + 1) == name.encode() + b"\0"
+    # Only the engine's non-zero pages are stored, each at its place.
+    assert build._page_runs(bytes(5000) + b"\1" + bytes(9000) + b"\2") == [(4096, 4096),
+                                                                          (12288, 1714)]
+
+
 def test_build_is_cached_per_plan(cache, tmp_path):
     first = build.build(CLASSIFIER, tmp_path / "a.elf", cache=cache)
     again = build.build(CLASSIFIER, tmp_path / "b.elf", cache=cache)

@@ -1,13 +1,22 @@
 /*
  * arena.c - a host program built beside each image (middlebox build). It
  * links the same engine, kernels, kernel table and plan as the guest and
- *   arena size            prints the engine arena the guest needs, in bytes;
- *   arena ADDRESS FILE    makes the engine at ADDRESS (where the guest's
- *                         arena is linked) and writes its arena image to
- *                         FILE, for the guest to restore at boot.
- * So plan checks and kernel init run here, once, and a configuration error
- * is a build error. A kernel state that points outside the arena (at this
- * program's code or data) could not be restored in the guest: refused.
+ *
+ *   arena size                      prints the engine arena's size, bytes;
+ *   arena ADDRESS FILE KERNEL...    makes the engine at ADDRESS, where the
+ *                                   guest's arena is linked, and writes the
+ *                                   arena up to its packet pool to FILE,
+ *                                   each element's kernel pointer set to
+ *                                   the guest address of its kernel
+ *                                   (KERNEL... in kernel table order).
+ *
+ * The build places FILE's non-zero pages in the image at their addresses
+ * (guest.ld), so QEMU loads a ready engine: the guest parses no plan and
+ * runs no kernel init at boot, and a configuration error is a build error.
+ * The engine is plain data at fixed addresses: its pointers point into the
+ * arena, except the kernel pointers set here. A kernel state that holds a
+ * pointer to anything else (this program's code or data) could not be
+ * carried over, so it is refused.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,64 +30,49 @@
 
 static const struct mb_engine_opts opts = {0, GUEST_PKT_BUF, GUEST_PKT_HEADROOM};
 
-/* Name the element whose records hold arena offset off. */
+/* The element whose record or state holds arena offset off. */
 static const char *owner(const struct mb_engine *eng, uint64_t off)
 {
     const uint8_t *a = (const uint8_t *)eng;
+    const char *who = "(engine)";
     uint32_t i;
     for (i = 0; i < eng->nelem; i++) {
         const struct mb_elem *e = &eng->elems[i];
-        uint64_t es = (uint64_t)((const uint8_t *)e - a), ss;
-        if (off >= es && off < es + sizeof(*e))
+        uint64_t rec = (uint64_t)((const uint8_t *)e - a);
+        if (off >= rec && off < rec + sizeof(*e))
             return e->name;
-        if (e->state) {
-            ss = (uint64_t)((const uint8_t *)e->state - a);
-            if (off >= ss && (i + 1 == eng->nelem || !eng->elems[i + 1].state ||
-                              off < (uint64_t)((const uint8_t *)eng->elems[i + 1].state - a)))
-                return e->name;
-        }
+        if (e->state && off >= (uint64_t)((const uint8_t *)e->state - a))
+            who = e->name;      /* states are laid out in element order */
     }
-    return "(engine)";
+    return who;
 }
 
-/* A word of the image that points into this process but not into the
- * arena: the guest would follow it into nothing. */
-static int check_pointers(const struct mb_engine *eng, const uint8_t *img, uint64_t len)
+/* 0, or -1 (with a message) when a word of the first n bytes points into
+ * this process but not into the arena. */
+static int check_pointers(const struct mb_engine *eng, uint64_t n)
 {
     FILE *maps = fopen("/proc/self/maps", "r");
-    unsigned long lo[512], hi[512];
-    uint64_t base = (uint64_t)(uintptr_t)eng, at = 24;
-    int n = 0, bad = 0;
-    if (!maps)
-        return 0;
-    while (n < 512 && fscanf(maps, "%lx-%lx%*[^\n]", &lo[n], &hi[n]) == 2)
-        n++;
+    unsigned long lo[1024], hi[1024];
+    uint64_t base = (uint64_t)(uintptr_t)eng, off;
+    int nmaps = 0, k;
+    if (!maps) {
+        perror("/proc/self/maps");
+        return -1;
+    }
+    while (nmaps < 1024 && fscanf(maps, "%lx-%lx%*[^\n]", &lo[nmaps], &hi[nmaps]) == 2)
+        nmaps++;
     fclose(maps);
-    while (at + 8 <= len) {
-        uint32_t off, cnt, j;
-        memcpy(&off, img + at, 4);
-        memcpy(&cnt, img + at + 4, 4);
-        at += 8;
-        if (!cnt)
-            break;
-        for (j = 0; j < cnt; j += 8) {
-            uint64_t v;
-            int k;
-            memcpy(&v, img + at + j, 8);
-            if (v >= base && v < base + eng->size)
-                continue;
-            for (k = 0; k < n; k++)
-                if (v >= lo[k] && v < hi[k]) {
-                    fprintf(stderr, "element '%s': its kernel state holds a pointer outside "
-                            "the engine arena, which a guest image cannot carry\n",
-                            owner(eng, off + j));
-                    bad = 1;
-                    break;
-                }
-            if (bad)
+    for (off = 0; off + 8 <= n; off += 8) {
+        uint64_t v;
+        memcpy(&v, (const uint8_t *)eng + off, 8);
+        if (v >= base && v < base + eng->size)
+            continue;
+        for (k = 0; k < nmaps; k++)
+            if (v >= lo[k] && v < hi[k]) {
+                fprintf(stderr, "element '%s': its kernel state holds a pointer outside the "
+                        "engine arena, which a guest image cannot carry\n", owner(eng, off));
                 return -1;
-        }
-        at += cnt;
+            }
     }
     return 0;
 }
@@ -86,9 +80,9 @@ static int check_pointers(const struct mb_engine *eng, const uint8_t *img, uint6
 int main(int argc, char **argv)
 {
     char err[MB_ERRLEN];
-    uint64_t size, addr, len;
+    uint64_t size, addr, prefix;
     struct mb_engine *eng;
-    uint8_t *img;
+    uint32_t i;
     void *arena;
     FILE *f;
 
@@ -103,16 +97,17 @@ int main(int argc, char **argv)
         printf("%llu\n", (unsigned long long)size);
         return 0;
     }
-    if (argc != 3) {
-        fprintf(stderr, "usage: arena size | arena ADDRESS FILE\n");
+    if (argc != 3 + (int)mb_nkernels) {
+        fprintf(stderr, "usage: arena size | arena ADDRESS FILE KERNEL-ADDRESS x %u\n",
+                mb_nkernels);
         return 2;
     }
     addr = strtoull(argv[1], 0, 0);
     arena = mmap((void *)(uintptr_t)addr, size, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_NORESERVE, -1, 0);
     if (arena == MAP_FAILED || arena != (void *)(uintptr_t)addr) {
-        fprintf(stderr, "cannot map the arena at %#llx: %s\n", (unsigned long long)addr,
-                strerror(arena == MAP_FAILED ? errno : EEXIST));
+        fprintf(stderr, "cannot map the engine arena at %#llx: %s\n",
+                (unsigned long long)addr, strerror(arena == MAP_FAILED ? errno : EEXIST));
         return 1;
     }
     eng = mb_engine_init(arena, size, mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels,
@@ -121,16 +116,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    len = mb_engine_image(eng, 0, 0);
-    img = malloc(len);
-    if (!img || mb_engine_image(eng, img, len) != len) {
-        fprintf(stderr, "out of memory\n");
+    prefix = (uint64_t)((uint8_t *)eng->pool - (uint8_t *)arena);
+    for (i = 0; i < eng->nelem; i++)
+        eng->elems[i].k = 0;
+    if (check_pointers(eng, prefix))
         return 1;
-    }
-    if (check_pointers(eng, img, len))
-        return 1;
+    for (i = 0; i < eng->nelem; i++)
+        eng->elems[i].k = (const struct mb_kernel *)(uintptr_t)strtoull(
+            argv[3 + eng->elems[i].kernel], 0, 0);
     f = fopen(argv[2], "wb");
-    if (!f || fwrite(img, 1, len, f) != len || fclose(f)) {
+    if (!f || fwrite(arena, 1, prefix, f) != prefix || fclose(f)) {
         fprintf(stderr, "cannot write %s\n", argv[2]);
         return 1;
     }

@@ -46,8 +46,12 @@ LIBC_FLAGS = ["-fno-builtin", "-fno-tree-loop-distribute-patterns"]
 # three pages each, 256 receive buffers of 2048 bytes, 256 transmit buffers
 # of 12 + 2048 bytes rounded to 64, the free list, alignment).
 NIC_BYTES = 2 * 3 * 4096 + 256 * 2048 + 256 * 2112 + 256 * 2 + 256 + 4 * 64
+PAGE = 4096
 LDFLAGS = ["-nostdlib", "-static", "-z", "max-page-size=4096", "-z", "noexecstack",
-           "--gc-sections", "--build-id=none"]
+           "--gc-sections", "--build-id=none",
+           # Roots for --gc-sections: the guest's code reaches kernels only
+           # through the engine, which is data made after the first link.
+           "--undefined=mb_kernels", "--undefined=mb_nkernels"]
 
 
 class Built:
@@ -184,8 +188,8 @@ def _run_arena(exe, *args):
     return r.stdout
 
 
-def _link(ld, objs, out, arena_bytes):
-    cmd = [ld, *LDFLAGS, f"--defsym=MB_ARENA_SIZE={arena_bytes}", "-T", str(HERE / "guest.ld"),
+def _link(ld, objs, out, script, arena_bytes):
+    cmd = [ld, *LDFLAGS, f"--defsym=MB_ARENA_SIZE={arena_bytes}", "-T", str(script),
            "-o", str(out), *map(str, objs)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -195,10 +199,49 @@ def _link(ld, objs, out, arena_bytes):
     return elf.read(out)
 
 
+def _kernel_addresses(image):
+    """mb_arena and the guest addresses in mb_kernels[], from a linked image."""
+    sym = image.symbols()
+    n = int.from_bytes(image.read_at(sym["mb_nkernels"], 4), "little")
+    table = image.read_at(sym["mb_kernels"], 8 * n)
+    return sym["mb_arena"], [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(n)]
+
+
+def _page_runs(data):
+    """(offset, length) of each run of 4 KiB pages of data holding a non-zero byte."""
+    runs = []
+    for off in range(0, len(data), PAGE):
+        if not data[off:off + PAGE].strip(b"\0"):
+            continue
+        n = min(PAGE, len(data) - off)
+        if runs and runs[-1][0] + runs[-1][1] == off:
+            runs[-1] = (runs[-1][0], runs[-1][1] + n)
+        else:
+            runs.append((off, n))
+    return runs
+
+
+def _arena_link_files(gendir, arena_bin, runs):
+    """The assembly that holds the engine's runs and the linker script that
+    places them (guest.ld with its ARENA lines filled in)."""
+    quoted = str(arena_bin).replace("\\", "\\\\").replace('"', '\\"')
+    asm = "".join(f'.section .mbarena.{i},"aw",@progbits\n.incbin "{quoted}", {off}, {n}\n'
+                  for i, (off, n) in enumerate(runs))
+    phdrs = "".join(f"    arena{i} PT_LOAD FLAGS(6);\n" for i in range(len(runs)))
+    sections = "".join(f"    .mbarena.{i} mb_arena + {off:#x} : {{ KEEP(*(.mbarena.{i})) }} :arena{i}\n"
+                       for i, (off, _) in enumerate(runs))
+    script = (HERE / "guest.ld").read_text()
+    script = script.replace("    /* ARENA PHDRS */\n", phdrs)
+    script = script.replace("    /* ARENA SECTIONS */\n", sections)
+    (gendir / "arena.S").write_text(asm)
+    (gendir / "guest.ld").write_text(script)
+    return gendir / "arena.S", gendir / "guest.ld"
+
+
 def _memory(image, engine, ndev):
-    """Guest RAM the image needs: the image (its arena included) and each
-    NIC's rings and buffers. A dict stored in the image's .mbmem."""
-    end = max(s["paddr"] + s["memsz"] for s in image.segments if s["type"] == 1)
+    """Guest RAM the image needs: the image (its engine arena included) and
+    each NIC's rings and buffers. A dict stored in the image's .mbmem."""
+    end = image.symbols()["__image_end"]
     need = end + ndev * NIC_BYTES
     mib = max(16, -(-(need + need // 8 + (1 << 20)) // (1 << 20)))   # 1/8 and 1 MiB to spare
     return {"engine_bytes": engine, "nic_bytes": NIC_BYTES, "image_end": end,
@@ -255,25 +298,22 @@ def build(graph, output=None, cache=None):
                 jobs.append(pool.submit(_compile, gcc, s, texts[s], flags, objdir, header_text))
             objs = [j.result() for j in jobs]
         # The engine is made here, on the host, at the address the guest's
-        # arena is linked at; the guest restores it (guest.ld).
+        # arena is linked at, and loaded with the image (guest.ld).
         tool = _arena_tool(gcc, gendir, kernels)
         engine = int(_run_arena(tool, "size"))
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
-        first = _link(ld, objs, tmp, engine)
-        at = first.sections[".mbarena"]["addr"]
-        arena_img = gendir / "arena.img"
-        _run_arena(tool, hex(at), str(arena_img))
-        asm = gendir / "arena_image.S"
-        quoted = str(arena_img).replace("\\", "\\\\").replace('"', '\\"')
-        asm.write_text(f'.section .mbinit,"a",@progbits\n.incbin "{quoted}"\n')
-        arena_obj = gendir / "arena_image.o"
+        at, kaddrs = _kernel_addresses(_link(ld, objs, tmp, HERE / "guest.ld", engine))
+        arena_bin = gendir / "arena.bin"
+        _run_arena(tool, hex(at), str(arena_bin), *map(hex, kaddrs))
+        asm, script = _arena_link_files(gendir, arena_bin, _page_runs(arena_bin.read_bytes()))
+        arena_obj = gendir / "arena.o"
         r = subprocess.run([gcc, "-c", str(asm), "-o", str(arena_obj)], capture_output=True,
                            text=True)
         if r.returncode:
-            raise RunError(f"assembling the arena image failed: {r.stderr.strip()}")
-        final = _link(ld, [*objs, arena_obj], tmp, engine)
-        if final.sections[".mbarena"]["addr"] != at:
-            raise RunError("the guest's engine arena moved between the two links")
+            raise RunError(f"assembling the engine failed: {r.stderr.strip()}")
+        final = _link(ld, [*objs, arena_obj], tmp, script, engine)
+        if _kernel_addresses(final) != (at, kaddrs):
+            raise RunError("the guest's engine arena or kernels moved between the two links")
         info = outdir / "mbmem.json"
         info.write_text(json.dumps(_memory(final, engine, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"

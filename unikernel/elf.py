@@ -1,5 +1,6 @@
-"""Read what `middlebox boot` and the tests need out of a guest image: its
-sections (the plan is in `.mbplan`), program headers and the PVH note.
+"""Read what `middlebox boot`, the build and the tests need out of a guest
+image: its sections (the plan is in `.mbplan`), program headers, the PVH
+note, and (unstripped images) symbols and the bytes at an address.
 
 Only ELF64 little-endian x86-64 files are accepted; anything else raises
 ValueError with a one-line reason.
@@ -9,6 +10,8 @@ import struct
 
 PT_LOAD = 1
 PT_NOTE = 4
+SHT_SYMTAB = 2
+SHT_NOBITS = 8
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
@@ -42,6 +45,7 @@ class Image:
                 raise ValueError("truncated section header table")
             raw.append(struct.unpack_from("<IIQQQQIIQQ", data, off))
         self.sections = {}
+        self._raw = raw
         if raw and shstrndx < len(raw):
             so, ss = raw[shstrndx][4], raw[shstrndx][5]
             names = data[so:so + ss]
@@ -75,6 +79,29 @@ class Image:
         if s is None:
             return None
         return bytes(self.data[s["offset"]:s["offset"] + s["size"]])
+
+    def symbols(self):
+        """{name: value} from the symbol table ({} when stripped)."""
+        out = {}
+        for sh in self._raw:
+            if sh[1] != SHT_SYMTAB or sh[6] >= len(self._raw):
+                continue
+            so, ss = self._raw[sh[6]][4], self._raw[sh[6]][5]
+            names = self.data[so:so + ss]
+            for off in range(sh[4], sh[4] + sh[5] - 23, 24):
+                name, _, _, _, value, _ = struct.unpack_from("<IBBHQQ", self.data, off)
+                end = names.find(b"\0", name)
+                if name and end > name:
+                    out[names[name:end].decode(errors="replace")] = value
+        return out
+
+    def read_at(self, addr, n):
+        """n bytes the image loads at address addr (from one section)."""
+        for s in self.sections.values():
+            if s["type"] != SHT_NOBITS and s["addr"] <= addr and addr + n <= s["addr"] + s["size"]:
+                at = s["offset"] + addr - s["addr"]
+                return bytes(self.data[at:at + n])
+        raise ValueError(f"no section holds {n} bytes at {addr:#x}")
 
     def memory_size(self):
         """Bytes the loadable segments span in guest memory."""

@@ -21,9 +21,9 @@ extern const uint32_t mb_plan_len;
 extern const char *const mb_elem_class[];
 extern const char *const mb_elem_xstats[];
 
-/* The engine's arena (guest.ld) and its image, made at build time by arena.c. */
+/* The engine, made at build time by arena.c and loaded with the image
+ * (guest.ld). */
 extern uint8_t mb_arena[];
-extern const uint8_t mb_arena_image[], mb_arena_image_end[];
 
 /* Kernels this image holds (only the ones the plan uses). */
 extern const struct mb_kernel *const mb_kernels[];
