@@ -105,6 +105,7 @@ cdef extern from "engine.h":
         uint32_t npkts
         uint32_t bufsize
         uint32_t headroom
+        uint32_t shared_plan
 
     uint32_t mb_plan_checksum(const uint8_t *b, uint32_t n) nogil
     uint64_t mb_engine_size(const uint8_t *plan, uint32_t len, const mb_engine_opts *opts,
@@ -503,6 +504,7 @@ cdef class Engine:
         opts.npkts = packets
         opts.bufsize = buffer_size
         opts.headroom = headroom
+        opts.shared_plan = 0
         err[0] = 0
         size = mb_engine_size(<const uint8_t *>plan, <uint32_t>len(plan), &opts,
                               mb_kernels, mb_nkernels, err, sizeof(err))

@@ -523,7 +523,7 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
      * arena image (unikernel/arena.c) is this prefix; the pool and the
      * buffers start zero and are set up as packets are first needed. */
     off = o_plan = ALIGN64(off + states);
-    off = o_pkts = ALIGN64(off + v->len);
+    off = o_pkts = ALIGN64(off + (o->shared_plan ? 0 : v->len));
     off = o_bufs = ALIGN64(off + (uint64_t)npkts * sizeof(struct mb_packet));
     off = ALIGN64(off + (uint64_t)npkts * bufsize);
     if (!arena)
@@ -532,8 +532,12 @@ static uint64_t layout(const struct plan_view *v, const struct mb_engine_opts *o
     /* Fill in. */
     memset(arena, 0, o_pkts);
     eng = (struct mb_engine *)arena;
-    memcpy(arena + o_plan, v->b, v->len);
-    eng->plan = arena + o_plan;
+    if (o->shared_plan) {
+        eng->plan = v->b;
+    } else {
+        memcpy(arena + o_plan, v->b, v->len);
+        eng->plan = arena + o_plan;
+    }
     eng->plan_len = v->len;
     eng->nelem = v->nelem;
     eng->ndev = v->ndev;

@@ -60,6 +60,9 @@ struct mb_engine_opts {
     uint32_t npkts;             /* pool size; 0: what the plan asks + slack */
     uint32_t bufsize;           /* bytes per packet buffer, headroom included */
     uint32_t headroom;          /* bytes kept free in front of received data */
+    uint32_t shared_plan;       /* 1: use the caller's plan bytes in place (they
+                                 * must outlive the engine and never move); 0:
+                                 * keep a private copy in the arena */
 };
 
 /* The plan checksum (FNV-1a over the bytes after the first 16), so that the

@@ -2,19 +2,21 @@
  * arena.c - a host program built beside each image (middlebox build). It
  * links the same engine, kernels, kernel table and plan as the guest and
  *
- *   arena size                      prints the engine arena's size, bytes;
- *   arena ADDRESS FILE KERNEL...    makes the engine at ADDRESS, where the
- *                                   guest's arena is linked, and writes the
- *                                   arena up to its packet pool to FILE,
- *                                   each element's kernel pointer set to
- *                                   the guest address of its kernel
- *                                   (KERNEL... in kernel table order).
+ *   arena size          prints the engine arena's size, in bytes;
+ *   arena ADDRESS PLAN FILE KERNEL...
+ *                       makes the engine at ADDRESS, where the guest's arena
+ *                       is linked, for the plan at PLAN, where the guest's
+ *                       .mbplan is (the engine points into it: the image
+ *                       holds the plan once), and writes the arena up to its
+ *                       packet pool to FILE, each element's kernel pointer
+ *                       set to the guest address of its kernel (KERNEL...,
+ *                       in kernel table order).
  *
  * The build places FILE's non-zero pages in the image at their addresses
  * (guest.ld), so QEMU loads a ready engine: the guest parses no plan and
  * runs no kernel init at boot, and a configuration error is a build error.
  * The engine is plain data at fixed addresses: its pointers point into the
- * arena, except the kernel pointers set here. A kernel state that holds a
+ * arena or the plan, except the kernel pointers set here. A kernel state that holds a
  * pointer to anything else (this program's code or data) could not be
  * carried over, so it is refused.
  */
@@ -28,7 +30,7 @@
 #include "engine.h"
 #include "guest.h"
 
-static const struct mb_engine_opts opts = {0, GUEST_PKT_BUF, GUEST_PKT_HEADROOM};
+static const struct mb_engine_opts opts = {0, GUEST_PKT_BUF, GUEST_PKT_HEADROOM, 1};
 
 /* The element whose record or state holds arena offset off. */
 static const char *owner(const struct mb_engine *eng, uint64_t off)
@@ -48,9 +50,10 @@ static const char *owner(const struct mb_engine *eng, uint64_t off)
 }
 
 /* 0, or -1 (with a message) when a word of the first n bytes points into
- * this process but not into the arena. */
+ * this process but not into the arena or the plan. */
 static int check_pointers(const struct mb_engine *eng, uint64_t n)
 {
+    uint64_t plan = (uint64_t)(uintptr_t)eng->plan;
     FILE *maps = fopen("/proc/self/maps", "r");
     unsigned long lo[1024], hi[1024];
     uint64_t base = (uint64_t)(uintptr_t)eng, off;
@@ -65,25 +68,39 @@ static int check_pointers(const struct mb_engine *eng, uint64_t n)
     for (off = 0; off + 8 <= n; off += 8) {
         uint64_t v;
         memcpy(&v, (const uint8_t *)eng + off, 8);
-        if (v >= base && v < base + eng->size)
+        /* (an end pointer, one past the last byte, is fine too) */
+        if ((v >= base && v <= base + eng->size) || (v >= plan && v <= plan + eng->plan_len))
             continue;
         for (k = 0; k < nmaps; k++)
             if (v >= lo[k] && v < hi[k]) {
                 fprintf(stderr, "element '%s': its kernel state holds a pointer outside the "
-                        "engine arena, which a guest image cannot carry\n", owner(eng, off));
+                        "engine and its plan, which a guest image cannot carry\n", owner(eng, off));
                 return -1;
             }
     }
     return 0;
 }
 
+/* Memory at exactly addr (a guest address), or 0 with a message. */
+static void *place(uint64_t addr, uint64_t size)
+{
+    void *p = mmap((void *)(uintptr_t)addr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED || p != (void *)(uintptr_t)addr) {
+        fprintf(stderr, "cannot map guest memory at %#llx: %s\n", (unsigned long long)addr,
+                strerror(p == MAP_FAILED ? errno : EEXIST));
+        return 0;
+    }
+    return p;
+}
+
 int main(int argc, char **argv)
 {
     char err[MB_ERRLEN];
-    uint64_t size, addr, prefix;
+    uint64_t size, addr, plan_at, page, prefix;
     struct mb_engine *eng;
     uint32_t i;
-    void *arena;
+    void *arena, *plan_map;
     FILE *f;
 
     err[0] = 0;
@@ -97,21 +114,21 @@ int main(int argc, char **argv)
         printf("%llu\n", (unsigned long long)size);
         return 0;
     }
-    if (argc != 3 + (int)mb_nkernels) {
-        fprintf(stderr, "usage: arena size | arena ADDRESS FILE KERNEL-ADDRESS x %u\n",
+    if (argc != 4 + (int)mb_nkernels) {
+        fprintf(stderr, "usage: arena size | arena ADDRESS PLAN FILE KERNEL-ADDRESS x %u\n",
                 mb_nkernels);
         return 2;
     }
     addr = strtoull(argv[1], 0, 0);
-    arena = mmap((void *)(uintptr_t)addr, size, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | MAP_NORESERVE, -1, 0);
-    if (arena == MAP_FAILED || arena != (void *)(uintptr_t)addr) {
-        fprintf(stderr, "cannot map the engine arena at %#llx: %s\n",
-                (unsigned long long)addr, strerror(arena == MAP_FAILED ? errno : EEXIST));
+    plan_at = strtoull(argv[2], 0, 0);
+    page = plan_at & ~4095ull;
+    arena = place(addr, size);
+    plan_map = place(page, plan_at + mb_plan_len - page);
+    if (!arena || !plan_map)
         return 1;
-    }
-    eng = mb_engine_init(arena, size, mb_plan, mb_plan_len, &opts, mb_kernels, mb_nkernels,
-                         err, sizeof(err));
+    memcpy((void *)(uintptr_t)plan_at, mb_plan, mb_plan_len);
+    eng = mb_engine_init(arena, size, (const uint8_t *)(uintptr_t)plan_at, mb_plan_len, &opts,
+                         mb_kernels, mb_nkernels, err, sizeof(err));
     if (!eng) {
         fprintf(stderr, "%s\n", err);
         return 1;
@@ -123,10 +140,10 @@ int main(int argc, char **argv)
         return 1;
     for (i = 0; i < eng->nelem; i++)
         eng->elems[i].k = (const struct mb_kernel *)(uintptr_t)strtoull(
-            argv[3 + eng->elems[i].kernel], 0, 0);
-    f = fopen(argv[2], "wb");
+            argv[4 + eng->elems[i].kernel], 0, 0);
+    f = fopen(argv[3], "wb");
     if (!f || fwrite(arena, 1, prefix, f) != prefix || fclose(f)) {
-        fprintf(stderr, "cannot write %s\n", argv[2]);
+        fprintf(stderr, "cannot write %s\n", argv[3]);
         return 1;
     }
     return 0;

@@ -200,11 +200,13 @@ def _link(ld, objs, out, script, arena_bytes):
 
 
 def _kernel_addresses(image):
-    """mb_arena and the guest addresses in mb_kernels[], from a linked image."""
+    """mb_arena, mb_plan and the guest addresses in mb_kernels[], from a
+    linked image."""
     sym = image.symbols()
     n = int.from_bytes(image.read_at(sym["mb_nkernels"], 4), "little")
     table = image.read_at(sym["mb_kernels"], 8 * n)
-    return sym["mb_arena"], [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(n)]
+    return (sym["mb_arena"], sym["mb_plan"],
+            [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(n)])
 
 
 def _page_runs(data):
@@ -302,9 +304,10 @@ def build(graph, output=None, cache=None):
         tool = _arena_tool(gcc, gendir, kernels)
         engine = int(_run_arena(tool, "size"))
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
-        at, kaddrs = _kernel_addresses(_link(ld, objs, tmp, HERE / "guest.ld", engine))
+        where = _kernel_addresses(_link(ld, objs, tmp, HERE / "guest.ld", engine))
+        at, plan_at, kaddrs = where
         arena_bin = gendir / "arena.bin"
-        _run_arena(tool, hex(at), str(arena_bin), *map(hex, kaddrs))
+        _run_arena(tool, hex(at), hex(plan_at), str(arena_bin), *map(hex, kaddrs))
         asm, script = _arena_link_files(gendir, arena_bin, _page_runs(arena_bin.read_bytes()))
         arena_obj = gendir / "arena.o"
         r = subprocess.run([gcc, "-c", str(asm), "-o", str(arena_obj)], capture_output=True,
@@ -312,8 +315,8 @@ def build(graph, output=None, cache=None):
         if r.returncode:
             raise RunError(f"assembling the engine failed: {r.stderr.strip()}")
         final = _link(ld, [*objs, arena_obj], tmp, script, engine)
-        if _kernel_addresses(final) != (at, kaddrs):
-            raise RunError("the guest's engine arena or kernels moved between the two links")
+        if _kernel_addresses(final) != where:
+            raise RunError("the guest's engine arena, plan or kernels moved between the two links")
         info = outdir / "mbmem.json"
         info.write_text(json.dumps(_memory(final, engine, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"

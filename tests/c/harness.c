@@ -76,7 +76,7 @@ int main(int argc, char **argv)
     uint32_t plen, klen, polls = 8, pos = 0;
     int fix = 0;
     char err[MB_ERRLEN];
-    struct mb_engine_opts opts = {0, 2048 + 128, 128};
+    struct mb_engine_opts opts = {0, 2048 + 128, 128, 0};
     uint8_t *plan, *pk;
     void *arena;
     uint64_t size;
