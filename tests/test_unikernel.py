@@ -353,6 +353,25 @@ def test_console_info_help_and_unknown_commands(classifier):
     assert any("unknown command 'frobnicate'" in ln for ln in bad)
 
 
+def test_guest_options_on_the_kernel_command_line(classifier):
+    """mb.tsc_khz= sets the clock, mb.trace prints where the boot time went;
+    look-alikes and malformed values are ignored. (The NICs themselves are
+    found on the same command line: QEMU announces them there.)"""
+    with UdpVM(classifier.path, ["lan", "wan"], append="console=ttyS0 mb.tsc_khz=1234567 mb.trace") as vm:
+        vm.guest.wait_ready(TIMEOUT)
+        trace = vm.guest.wait_for(r"middlebox: boot trace \(us\):(.*)", TIMEOUT).group(1).split()
+        info = vm.guest.command("info")
+    phases = dict(zip(trace[::2], map(int, trace[1::2])))
+    assert list(phases) == ["entry", "platform", "clock-start", "console", "engine", "discover",
+                            "nic0", "nic1", "clock"]
+    assert "clock: TSC 1234567 kHz (cmdline)" in info[-1]
+    with UdpVM(classifier.path, ["lan", "wan"], append="mb.tsc_khz=12x mb.tracer") as vm:
+        vm.guest.wait_ready(TIMEOUT)
+        info = vm.guest.command("info")
+        text = vm.guest.console_text()
+    assert "(cmdline)" not in info[-1] and "boot trace" not in text
+
+
 def test_console_input_typed_before_boot_is_not_lost(classifier):
     """Commands written to the console before the guest is up wait in the
     UART (one byte at a time without FIFOs); turning the FIFOs on clears

@@ -42,10 +42,9 @@ static inline void wrmsr(uint32_t msr, uint64_t v)
 
 static uint64_t from_cmdline(void)
 {
-    char buf[24];
-    const char *p = buf;
+    const char *p = cmdline_find("mb.tsc_khz=", 0);
     uint64_t v;
-    if (cmdline_get("mb.tsc_khz", 0, buf, sizeof(buf)) <= 0 || uk_parse_u64(&p, &v) || *p)
+    if (!p || uk_parse_u64(&p, &v) || (*p && *p != ' '))
         return 0;
     return v;
 }

@@ -24,7 +24,6 @@
 
 #define MAX_NICS 16
 #define PKT_BUF GUEST_PKT_BUF   /* packet buffer, headroom included */
-#define PKT_HEADROOM GUEST_PKT_HEADROOM
 #define CONSOLE_POLL_NS 1000000 /* look at the serial input once a ms */
 
 static struct vmmio mmio_devs[MAX_NICS];
@@ -70,10 +69,10 @@ static void mark(const char *what)
 
 static void print_marks(void)
 {
-    char buf[4];
+    const char *flag = cmdline_find("mb.trace", 0);
     uint64_t prev = boot_tsc;
     uint32_t i;
-    if (cmdline_get("mb.trace", 0, buf, sizeof(buf)) < 0)
+    if (!flag || (*flag && *flag != ' '))
         return;
     con_puts("middlebox: boot trace (us):");
     for (i = 0; i < nmarks; i++) {

@@ -157,35 +157,29 @@ void platform_init(uint32_t si_pa)
     }
 }
 
-const char *platform_cmdline(void)
-{
-    return cmdline;
-}
-
-int cmdline_get(const char *key, uint32_t n, char *buf, uint32_t cap)
+const char *cmdline_find(const char *key, const char *after)
 {
     const char *s = cmdline;
-    size_t klen = uk_strlen(key);
-    while (*s) {
-        const char *w = s;
+    if (after) {
+        s = after;
         while (*s && *s != ' ')
             s++;
-        if ((size_t)(s - w) >= klen && uk_startswith(w, key) &&
-            (w + klen == s || w[klen] == '=')) {
-            if (n-- == 0) {
-                uint32_t len = 0;
-                const char *v = w + klen + (w + klen < s);
-                while (v < s && len + 1 < cap)
-                    buf[len++] = *v++;
-                if (cap)
-                    buf[len] = 0;
-                return (int)len;
-            }
-        }
+    }
+    for (;;) {
+        const char *k = key;
         while (*s == ' ')
             s++;
+        if (!*s)
+            return 0;
+        while (*k && *s == *k) {
+            s++;
+            k++;
+        }
+        if (!*k)
+            return s;
+        while (*s && *s != ' ')
+            s++;
     }
-    return -1;
 }
 
 /* --- memory ------------------------------------------------------------------ */

@@ -112,13 +112,13 @@ extern uint64_t boot_tsc;
  * the command line, note the RAM ranges, set up exception handlers. */
 void platform_init(uint32_t si);
 
-/* The kernel command line ("" when none was given). */
-const char *platform_cmdline(void);
-
-/* Value of "key=value" on the command line copied into buf (NUL-ended);
- * the n-th occurrence (n from 0); a bare "key" has the value "". Returns
- * its length, or -1 if absent. */
-int cmdline_get(const char *key, uint32_t n, char *buf, uint32_t cap);
+/* The next word of the command line that starts with key, after the word
+ * `after` points into (0: from the first word): a pointer just past key in
+ * it, or 0 when there is none. With key "name=" that is the value, which
+ * ends at a space or the end of the line; a bare flag "name" matches as
+ * the whole word (*p == ' ' or 0). One pass, little code: under TCG every
+ * distinct piece of code run before ready costs boot time. */
+const char *cmdline_find(const char *key, const char *after);
 
 /* --- init-time memory ------------------------------------------------------ */
 

@@ -160,15 +160,14 @@ static int probe(uintptr_t base, struct vmmio *m)
     return (m->version == 1 || m->version == 2) && m->v.device_id != 0;
 }
 
-/* "<size>[KMG]@<base>:<irq>[:<id>]" -> base address, or 0. */
+/* "<size>[KMG]@<base>:<irq>[:<id>]" -> base address, or 0. Only the base
+ * matters here: the size of a virtio-mmio window is fixed. */
 static uintptr_t parse_device(const char *s)
 {
-    uint64_t size, base;
-    if (uk_parse_u64(&s, &size))
-        return 0;
-    if (*s == 'K' || *s == 'k' || *s == 'M' || *s == 'm' || *s == 'G' || *s == 'g')
+    uint64_t base;
+    while (*s && *s != '@' && *s != ' ')
         s++;
-    if (*s++ != '@' || uk_parse_u64(&s, &base) || (*s && *s != ':'))
+    if (*s++ != '@' || uk_parse_u64(&s, &base) || (*s != ':' && *s != ' ' && *s))
         return 0;
     if (base == 0 || base >= 0x100000000ull - MICROVM_STRIDE || (base & 3))
         return 0;       /* only the identity-mapped 4 GiB is reachable */
@@ -177,10 +176,10 @@ static uintptr_t parse_device(const char *s)
 
 uint32_t vmmio_discover(struct vmmio *out, uint32_t max, int probe_windows)
 {
-    char buf[96];
+    const char *v = 0;
     uint32_t n = 0, i, j, k;
-    for (k = 0; n < max && cmdline_get("virtio_mmio.device", k, buf, sizeof(buf)) >= 0; k++) {
-        uintptr_t base = parse_device(buf);
+    for (k = 0; n < max && (v = cmdline_find("virtio_mmio.device=", v)); k++) {
+        uintptr_t base = parse_device(v);
         int dup = 0;
         for (j = 0; j < n; j++)
             dup |= out[j].base == base;
