@@ -11,12 +11,15 @@ uses, NICs on loopback UDP sockets) it measures, on the host:
                               such as the firewall that forward nothing
                               from an unknown host)
 and, inside the guest, the N of the ready line (guest entry to polling loop).
-The same launches (same machine, same NICs) of a trivial guest that prints
-one line and powers off (bench/trivial_guest.S) show QEMU's own share. Also: image sizes, guest
+The same launches (same machine, same NICs, the same probe frames, timed by
+the same single-threaded loop) of a trivial guest that prints one line and
+powers off (bench/trivial_guest.S) show QEMU's own share. Also: image sizes, guest
 memory in use, where the in-guest time goes (mb.trace), the accelerator,
-and the middlebox guest again on QEMU's default anonymous (huge-page) RAM
+the middlebox guest again on QEMU's default anonymous (huge-page) RAM
 instead of the memfd RAM `middlebox boot` gives it (--ram-variant off to
-skip).
+skip), and, from one more launch with QEMU's translation log, how much
+guest code TCG translated before ready and before the first frame (blocks
+and instructions: what a TCG boot's time is made of, without the noise).
 Writes bench/results/boot.json.
 
     python bench/boot.py [--boots 20] [--graph graphs/classifier.yaml] [--accel auto]
@@ -135,32 +138,114 @@ def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
     return ready_s * 1e3, us, (first - t0) * 1e3, extra
 
 
-def boot_trivial(image, accel, mem, timeout=60.0, machine="microvm", firmware=None):
-    """Launch the trivial guest with the same machine and NICs as the
-    middlebox guest: (ms to its line, ms to QEMU's exit)."""
-    socks = [udp_socket(), udp_socket()]
-    nics = [(dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},localaddr=127.0.0.1:{free_port()}")
-            for dev, s in zip(("lan", "wan"), socks)]
-    cmd = qemu.command(image, nics, accel=accel, mem=mem, machine=machine, firmware=firmware)
+def code_blocks(built, mem, probe, timeout=60.0):
+    """Under TCG, the guest code translated before the ready line and then
+    up to the first frame: one launch with QEMU's `-d in_asm` log, counting
+    the translation blocks (and their instructions) whose address lies in
+    the image, the firmware's left out, until the first block of the main
+    loop (`run`), then until the first frame came out. Unlike times these
+    do not depend on the machine: each block is translated once, and
+    translation is where a TCG boot's time goes."""
+    from middlebox.unikernel import elf
+
+    sym = elf.read(built.full).symbols()
+    lo, hi, run = 0x100000, sym["__image_end"], sym["run"]
+    tx, rx = udp_socket(), udp_socket()
+    q_lan, q_wan = free_port(), free_port()
+    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
+            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
+    frame, same_nic = probe_frame(probe)
+    answer = tx if same_nic else rx
+    with tempfile.TemporaryDirectory() as tmp:
+        log = pathlib.Path(tmp) / "in_asm.log"
+        cmd = qemu.command(built.path, nics, accel="tcg", mem=mem)
+        cmd[0] = qemu.qemu_path()
+        cmd += ["-d", "in_asm", "-D", str(log)]
+        with qemu.Guest(cmd) as g:
+            g.wait_ready(timeout)
+            deadline = time.perf_counter() + timeout
+            while True:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("no frame forwarded")
+                tx.sendto(frame, ("127.0.0.1", q_lan))
+                if select.select([answer], [], [], 0.05)[0]:
+                    break
+            text = log.read_text(errors="replace")
+    tx.close()
+    rx.close()
+    counts = {"before_ready": [0, 0], "to_first_frame": [0, 0]}
+    phase, inside = "before_ready", None
+    for line in text.splitlines():
+        m = re.match(r"0x([0-9a-f]+):", line)
+        if line.startswith("IN:"):
+            inside = None           # the next address line opens the block
+        elif m and inside is None:
+            addr = int(m.group(1), 16)
+            inside = lo <= addr < hi
+            if inside:
+                if addr == run:
+                    phase = "to_first_frame"
+                counts[phase][0] += 1
+                counts[phase][1] += 1
+        elif m and inside:
+            counts[phase][1] += 1
+        elif not line.strip():
+            inside = False
+    return {k: {"blocks": v[0], "instructions": v[1]} for k, v in counts.items()}
+
+
+def launch(image, accel, mem, machine="microvm", firmware=None, probe="forward",
+           ram="memfd", pattern=rb"ready in (\d+) us", want_frame=True, timeout=60.0):
+    """One timed launch, the same for the middlebox guest and the trivial
+    one: the probe frame goes to the lan NIC every 0.2 ms from launch on
+    while one thread waits on the console pipe and the answering socket
+    together (no reader thread: its wake-ups would be timed too). Returns
+    (ms to the console line matching pattern, its first group or None, ms
+    to the first frame or None, ms to QEMU's exit or None)."""
+    tx, rx = udp_socket(), udp_socket()
+    q_lan, q_wan = free_port(), free_port()
+    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
+            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
+    cmd = qemu.command(image, nics, accel=accel, mem=mem, machine=machine, firmware=firmware,
+                       ram=ram)
     cmd[0] = qemu.qemu_path()
+    frame, same_nic = probe_frame(probe)
+    answer = tx if same_nic else rx
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
+    out, t_line, group, t_frame, t_exit = b"", None, None, None, None
     try:
-        line = p.stdout.readline()
-        t_line = time.perf_counter()
-        rc = p.wait(timeout=timeout)
-        t_exit = time.perf_counter()
+        while t_line is None or (want_frame and t_frame is None):
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"{image}: no {'frame' if t_line else 'line'} "
+                                   f"in {timeout} s; console {out[-200:]!r}")
+            tx.sendto(frame, ("127.0.0.1", q_lan))
+            ready, _, _ = select.select([p.stdout, answer], [], [], 0.0002)
+            now = time.perf_counter()
+            if answer in ready:
+                answer.recv(65536)
+                t_frame = t_frame or now
+            if p.stdout in ready:
+                chunk = os.read(p.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"{image}: QEMU exited; console {out[-200:]!r}")
+                out += chunk
+                m = re.search(pattern, out)
+                if m and t_line is None:
+                    t_line, group = now, (m.group(1) if m.groups() else None)
+        if not want_frame:
+            p.wait(timeout=timeout)
+            t_exit = time.perf_counter()
     finally:
         if p.poll() is None:
             p.kill()
-            p.wait()
+        p.wait()
         p.stdout.close()
-        for s in socks:
-            s.close()
-    if b"trivial: hello" not in line or rc != 1:
-        raise RuntimeError(f"trivial guest: {line!r}, exit {rc}")
-    return (t_line - t0) * 1e3, (t_exit - t0) * 1e3
+        tx.close()
+        rx.close()
+    ms = lambda t: None if t is None else (t - t0) * 1e3     # noqa: E731
+    return ms(t_line), group, ms(t_frame), ms(t_exit)
 
 
 def machine():
@@ -201,26 +286,25 @@ def main(argv=None):
         trivial_size = trivial.stat().st_size
         ready, guest_us, first, t_line, t_exit = [], [], [], [], []
         anon = {"ready": [], "us": [], "first": []}
+        common = dict(machine=args.machine, firmware=args.firmware, probe=args.probe)
         for i in range(args.boots):
             if args.ram_variant == "on":
-                r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
-                                             firmware=args.firmware, probe=args.probe,
-                                             ram="anonymous")
+                r, us, f, _ = launch(built.path, accel, args.mem, ram="anonymous", **common)
                 anon["ready"].append(r)
-                anon["us"].append(us)
+                anon["us"].append(int(us))
                 anon["first"].append(f)
-            r, us, f, _ = boot_middlebox(built.path, accel, args.mem, machine=args.machine,
-                                         firmware=args.firmware, probe=args.probe)
+            r, us, f, _ = launch(built.path, accel, args.mem, **common)
             ready.append(r)
-            guest_us.append(us)
+            guest_us.append(int(us))
             first.append(f)
-            a, b = boot_trivial(trivial, accel, args.mem, machine=args.machine,
-                                firmware=args.firmware)
+            a, _, _, b = launch(trivial, accel, args.mem, pattern=rb"trivial: hello",
+                                want_frame=False, **common)
             t_line.append(a)
             t_exit.append(b)
         _, _, _, traced = boot_middlebox(built.path, accel, args.mem, append="mb.trace",
                                          want_info=True, machine=args.machine,
                                          firmware=args.firmware, probe=args.probe)
+    blocks = code_blocks(built, args.mem, args.probe) if args.machine == "microvm" else None
     res = {
         "bench": "boot",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -242,6 +326,7 @@ def main(argv=None):
             "in_guest_trace_us": traced.get("trace"),
             "memory_kib": traced.get("memory_kib"),
             "clock": traced.get("clock"),
+            "tcg_code_blocks": blocks,
         },
         "trivial": {
             "image_bytes": trivial_size,
@@ -277,6 +362,10 @@ def main(argv=None):
     print(f"  {'in guest: ready':<24} median {mb['in_guest_ready_us']['median']:7.0f} us  "
           f"p90 {mb['in_guest_ready_us']['p90']:7.0f} us")
     print(f"  in-guest trace (us): {mb['in_guest_trace_us']}")
+    if blocks:
+        b, f = blocks["before_ready"], blocks["to_first_frame"]
+        print(f"  code translated (TCG): {b['blocks']} blocks ({b['instructions']} instructions) "
+              f"before ready, {f['blocks']} ({f['instructions']}) more to the first frame")
     if "middlebox_anonymous_ram" in res:
         an = res["middlebox_anonymous_ram"]
         print("  the same on anonymous (huge-page) guest RAM:")
