@@ -173,8 +173,11 @@ def _arena_tool(gcc, gendir, kernels):
     exe = gendir / "arena"
     srcs = [HERE / "arena.c", ROOT_RUNTIME / "engine.c", gendir / "kernel_table.c",
             gendir / "plan.c", *sorted({pathlib.Path(f) for f in kernels.values()})]
-    r = subprocess.run([gcc, "-std=gnu11", "-O0", "-w", "-I", str(ROOT_RUNTIME), "-I", str(HERE),
-                        *map(str, srcs), "-o", str(exe)], capture_output=True, text=True)
+    # Position-independent, so that it loads far above the guest addresses
+    # it maps the engine at.
+    r = subprocess.run([gcc, "-std=gnu11", "-O0", "-w", "-fPIE", "-pie", "-I", str(ROOT_RUNTIME),
+                        "-I", str(HERE), *map(str, srcs), "-o", str(exe)],
+                       capture_output=True, text=True)
     if r.returncode:
         lines = r.stderr.strip().splitlines()
         raise RunError(f"building the engine arena tool failed: {lines[-1] if lines else r.returncode}")
@@ -278,7 +281,7 @@ def build(graph, output=None, cache=None):
                  "kernel_table.c": kernel_table.table_source(kernels).encode()}
     script = (HERE / "guest.ld").read_bytes()
     version = _gcc_version(gcc)
-    tool = (HERE / "arena.c").read_bytes()
+    tool = (HERE / "arena.c").read_bytes() + pathlib.Path(__file__).read_bytes()
     key = _hash(version, CFLAGS, LIBC_FLAGS, LDFLAGS, header_text, script, tool,
                 *[texts[s] for s in sources], *generated.values())
     outdir = cache / "images" / key[:24]
