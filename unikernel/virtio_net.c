@@ -15,6 +15,7 @@
 int vnet_init(struct vnet *n, struct vdev *t, uint32_t max_frame, const char **why)
 {
     uint64_t want = (1ull << VIRTIO_F_VERSION_1) | (1ull << F_MAC) | (1ull << F_MRG_RXBUF);
+    uint64_t rx_bytes, tx_bytes;
     uint32_t i;
     memset(n, 0, sizeof(*n));
     n->t = t;
@@ -35,15 +36,19 @@ int vnet_init(struct vnet *n, struct vdev *t, uint32_t max_frame, const char **w
         return -1;
     }
     n->txstride = (n->hdr_len + max_frame + 63) & ~63u;
-    n->rxbuf = platform_alloc((uint64_t)n->rxq.size * VNET_BUF, 64);
-    n->txbuf = platform_alloc((uint64_t)n->txq.size * n->txstride, 64);
-    n->tx_free = platform_alloc(n->txq.size * sizeof(uint16_t), 8);
-    n->tx_busy = platform_alloc(n->txq.size, 8);
-    if (!n->rxbuf || !n->txbuf || !n->tx_free || !n->tx_busy) {
+    /* One block: receive buffers, transmit buffers (both multiples of 64
+     * bytes), the free stack, the busy flags. */
+    rx_bytes = (uint64_t)n->rxq.size * VNET_BUF;
+    tx_bytes = (uint64_t)n->txq.size * n->txstride;
+    n->rxbuf = platform_alloc(rx_bytes + tx_bytes + 3ull * n->txq.size, 64);
+    if (!n->rxbuf) {
         *why = "not enough memory for its buffers (give the VM more with --mem)";
         virtio_fail(t);
         return -1;
     }
+    n->txbuf = n->rxbuf + rx_bytes;
+    n->tx_free = (uint16_t *)(n->txbuf + tx_bytes);
+    n->tx_busy = (uint8_t *)(n->tx_free + n->txq.size);
     for (i = 0; i < n->rxq.size; i++) {
         n->rxq.desc[i].addr = (uintptr_t)(n->rxbuf + (uint64_t)i * VNET_BUF);
         n->rxq.desc[i].len = VNET_BUF;
