@@ -139,6 +139,51 @@ def test_image_carries_its_engine_made_at_build_time(classifier, tmp_path):
                                                                           (12288, 1714)]
 
 
+FAKE_TABLE = r"""
+#include "mb.h"
+extern const struct mb_kernel mb_kernel_from_device, mb_kernel_to_device, mb_kernel_counter;
+static int marker;
+static uint32_t leaky_size(const uint8_t *cfg, uint32_t len) { (void)cfg; (void)len; return 16; }
+static int leaky_init(struct mb_elem *e) { *(int **)e->state = &marker; return 0; }
+static void leaky_push(struct mb_elem *e, struct mb_packet **p, uint32_t n) { mb_drop_batch(e, p, n); }
+static const struct mb_kernel leaky = {.name = "counter", .state_size = leaky_size,
+                                       .init = leaky_init, .push = leaky_push};
+const struct mb_kernel *const mb_kernels[] = {%s, &mb_kernel_from_device, &mb_kernel_to_device};
+const uint32_t mb_nkernels = 3;
+"""
+
+
+def test_arena_tool_refuses_kernel_state_pointing_outside_the_engine(cache, tmp_path):
+    """unikernel/arena.c with this graph's plan and kernels makes the engine;
+    with a Counter kernel whose state points at the tool's own data it
+    refuses, naming the element: such a pointer would mean nothing in the
+    guest."""
+    g = tmp_path / "count.yaml"
+    g.write_text("name: count\nelements:\n  lan: {class: FromDevice, device: lan}\n"
+                 "  tally: {class: Counter}\n  wan: {class: ToDevice, device: wan}\n"
+                 "connections: [lan -> tally -> wan]\n")
+    built = build.build(g, cache=cache)
+    gen = pathlib.Path(built.full).parent / "src"
+    results = {}
+    for name, counter in (("honest", "&mb_kernel_counter"), ("leaky", "&leaky")):
+        table = tmp_path / f"{name}.c"
+        table.write_text(FAKE_TABLE % counter)
+        exe = tmp_path / name
+        subprocess.run(["gcc", "-fPIE", "-pie", "-I", str(ROOT / "runtime"), "-I",
+                        str(ROOT / "unikernel"), str(ROOT / "unikernel" / "arena.c"),
+                        str(ROOT / "runtime" / "engine.c"), str(table), str(gen / "plan.c"),
+                        str(ROOT / "elements" / "devices.c"), str(ROOT / "elements" / "standard.c"),
+                        "-o", str(exe)], check=True, capture_output=True)
+        out = tmp_path / f"{name}.bin"
+        results[name] = subprocess.run([str(exe), "0x40000000", "0x50000000", str(out), "0x1",
+                                        "0x2", "0x3"], capture_output=True, text=True)
+        results[name].out = out
+    assert results["honest"].returncode == 0 and results["honest"].out.stat().st_size > 0
+    assert results["leaky"].returncode == 1 and not results["leaky"].out.exists()
+    assert ("element 'tally': its kernel state holds a pointer outside the engine"
+            in results["leaky"].stderr)
+
+
 def test_build_is_cached_per_plan(cache, tmp_path):
     first = build.build(CLASSIFIER, tmp_path / "a.elf", cache=cache)
     again = build.build(CLASSIFIER, tmp_path / "b.elf", cache=cache)
