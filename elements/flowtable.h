@@ -68,10 +68,10 @@ struct ft {
     struct ft_bucket *bk;       /* mask + 1 buckets */
     uint64_t now;               /* clock, ns: never goes back */
     uint32_t cap, esize, mask, shift2;
-    uint32_t free_head;         /* freed entries' stack top, or FT_NONE */
+    uint32_t free_head;         /* free stack top, FT_NONE when full */
     uint32_t live;              /* entries in use */
     uint32_t sweep;             /* sweep cursor (an entry index) */
-    uint32_t fresh;             /* entries [fresh, cap) were never used */
+    uint32_t pad;
 };
 
 typedef int (*ft_match_fn)(const void *ctx, uint32_t i, const void *key);
@@ -111,20 +111,31 @@ static inline uint64_t ft_layout(struct ft *t, uint8_t *base, uint64_t off, uint
     return FT_ALIGN64(o_bk + (uint64_t)nb * sizeof(struct ft_bucket));
 }
 
+/* A free entry's first 4 bytes link it to the next free one, stored as
+ * next - i - 1: a table whose free entries are in order (just reset) is
+ * then all zero bytes but its last link, so a guest image, which carries
+ * only what is not zero (unikernel/arena.c), does not carry the table. */
 static inline ft_link_t *ft_link(const struct ft *t, uint32_t i)
 {
     return (ft_link_t *)(t->ents + (uint64_t)i * t->esize);
 }
 
-/* Empty the table: every entry zeroed and free, every bucket empty. Free
- * entries are a stack of freed ones over a high-water mark of never-used
- * ones, so that an empty table is all zero bytes (a guest image carries
- * only what is not zero; see unikernel/arena.c). */
+static inline uint32_t ft_next_free(const struct ft *t, uint32_t i)
+{
+    return *ft_link(t, i) + i + 1;
+}
+
+static inline void ft_set_next_free(struct ft *t, uint32_t i, uint32_t next)
+{
+    *ft_link(t, i) = next - i - 1;
+}
+
+/* Empty the table: every entry zeroed and free, every bucket empty. */
 static inline void ft_reset(struct ft *t)
 {
     memset(t->ents, 0, (uint64_t)t->cap * t->esize);
-    t->free_head = FT_NONE;
-    t->fresh = 0;
+    ft_set_next_free(t, t->cap - 1, FT_NONE);     /* the others link to i + 1: 0 */
+    t->free_head = 0;
     memset(t->bk, 0, (uint64_t)(t->mask + 1) * sizeof(struct ft_bucket));
     t->live = 0;
     t->sweep = 0;
@@ -249,7 +260,7 @@ static inline int ft_displace(struct ft *t, uint32_t bi, uint16_t sg, uint32_t i
 
 static inline int ft_full(const struct ft *t)
 {
-    return t->free_head == FT_NONE && t->fresh >= t->cap;
+    return t->free_head == FT_NONE;
 }
 
 /* Take a free entry for a new key of hash h and index it: its index (the
@@ -259,20 +270,14 @@ static inline uint32_t ft_insert(struct ft *t, uint64_t h, ft_hash_fn hash, cons
 {
     uint32_t i = t->free_head;
     uint16_t sg = ft_sig(h);
-    if (i == FT_NONE) {
-        if (t->fresh >= t->cap)
-            return FT_NONE;
-        i = t->fresh;
-    }
+    if (i == FT_NONE)
+        return FT_NONE;
     if (ft_bucket_put(&t->bk[ft_b1(t, h)], sg, i) != 0 &&
         ft_bucket_put(&t->bk[ft_b2(t, h)], sg, i) != 0 &&
         ft_displace(t, ft_b1(t, h), sg, i, hash, ctx) != 0 &&
         ft_displace(t, ft_b2(t, h), sg, i, hash, ctx) != 0)
         return FT_NONE;
-    if (i == t->free_head)
-        t->free_head = *ft_link(t, i);
-    else
-        t->fresh++;
+    t->free_head = ft_next_free(t, i);
     t->live++;
     return i;
 }
@@ -286,7 +291,7 @@ static inline void ft_remove(struct ft *t, uint32_t i, uint64_t h)
         return;
     ft_bucket_del(&t->bk[ft_b1(t, h)], i);
     ft_bucket_del(&t->bk[ft_b2(t, h)], i);
-    *ft_link(t, i) = t->free_head;
+    ft_set_next_free(t, i, t->free_head);
     t->free_head = i;
     t->live--;
 }

@@ -39,10 +39,6 @@ struct mb_engine {
     struct mb_packet *free_list;
     uint32_t nfree;             /* free packets, the never used included */
     uint32_t npkts;
-    uint32_t fresh;             /* pool[fresh..npkts) not yet set up */
-    struct mb_packet *pool;     /* npkts packets ... */
-    uint8_t *bufs;              /* ... and their buffers, bufsize each */
-    uint64_t size;              /* arena bytes */
     uint32_t bufsize;
     uint32_t headroom;
     uint64_t alloc_failed;
@@ -51,8 +47,13 @@ struct mb_engine {
     void *host;
     mb_host_push_fn host_push;
     const char *graph_name;
-    const uint8_t *plan;        /* private copy inside the arena */
+    const uint8_t *plan;        /* a private copy in the arena, or shared */
     uint32_t plan_len;
+    /* Cold: the fields above keep the places the fast path knows. */
+    uint32_t fresh;             /* pool[fresh..npkts) not yet set up */
+    struct mb_packet *pool;     /* npkts packets ... */
+    uint8_t *bufs;              /* ... and their buffers, bufsize each */
+    uint64_t size;              /* arena bytes */
     char err[MB_ERRLEN];
 };
 
