@@ -170,7 +170,7 @@ def _compile(gcc, src, text, flags, objdir, headers):
 def _arena_tool(gcc, gendir, kernels):
     """Build arena.c for this host with the guest's engine, kernels, kernel
     table and plan; return its path."""
-    exe = gendir / "arena"
+    exe = gendir / f"arena.{os.getpid()}"
     srcs = [HERE / "arena.c", ROOT_RUNTIME / "engine.c", gendir / "kernel_table.c",
             gendir / "plan.c", *sorted({pathlib.Path(f) for f in kernels.values()})]
     # Position-independent, so that it loads far above the guest addresses
@@ -238,9 +238,38 @@ def _arena_link_files(gendir, arena_bin, runs):
     script = (HERE / "guest.ld").read_text()
     script = script.replace("    /* ARENA PHDRS */\n", phdrs)
     script = script.replace("    /* ARENA SECTIONS */\n", sections)
-    (gendir / "arena.S").write_text(asm)
-    (gendir / "guest.ld").write_text(script)
-    return gendir / "arena.S", gendir / "guest.ld"
+    asm_path = gendir / f"arena.{os.getpid()}.S"
+    script_path = gendir / f"guest.{os.getpid()}.ld"
+    asm_path.write_text(asm)
+    script_path.write_text(script)
+    return asm_path, script_path
+
+
+def _link_with_engine(gcc, ld, gendir, kernels, objs, out, scratch):
+    """Link the guest into out twice: to learn where its arena, plan and
+    kernels land, then with the engine arena.c makes for those addresses.
+    Returns (the image, the arena's size). Files made on the way are
+    appended to scratch (per process: builds may run side by side)."""
+    pid = os.getpid()
+    tool = _arena_tool(gcc, gendir, kernels)
+    scratch.append(tool)
+    engine = int(_run_arena(tool, "size"))
+    where = _kernel_addresses(_link(ld, objs, out, HERE / "guest.ld", engine))
+    at, plan_at, kaddrs = where
+    arena_bin = gendir / f"arena.{pid}.bin"
+    scratch.append(arena_bin)
+    _run_arena(tool, hex(at), hex(plan_at), str(arena_bin), *map(hex, kaddrs))
+    asm, script = _arena_link_files(gendir, arena_bin, _page_runs(arena_bin.read_bytes()))
+    arena_obj = gendir / f"arena.{pid}.o"
+    scratch += [asm, script, arena_obj]
+    r = subprocess.run([gcc, "-c", str(asm), "-o", str(arena_obj)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise RunError(f"assembling the engine failed: {r.stderr.strip()}")
+    final = _link(ld, [*objs, arena_obj], out, script, engine)
+    if _kernel_addresses(final) != where:
+        raise RunError("the guest's engine arena, plan or kernels moved between the two links")
+    return final, engine
 
 
 def _memory(image, engine, ndev):
@@ -304,22 +333,13 @@ def build(graph, output=None, cache=None):
             objs = [j.result() for j in jobs]
         # The engine is made here, on the host, at the address the guest's
         # arena is linked at, and loaded with the image (guest.ld).
-        tool = _arena_tool(gcc, gendir, kernels)
-        engine = int(_run_arena(tool, "size"))
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
-        where = _kernel_addresses(_link(ld, objs, tmp, HERE / "guest.ld", engine))
-        at, plan_at, kaddrs = where
-        arena_bin = gendir / "arena.bin"
-        _run_arena(tool, hex(at), hex(plan_at), str(arena_bin), *map(hex, kaddrs))
-        asm, script = _arena_link_files(gendir, arena_bin, _page_runs(arena_bin.read_bytes()))
-        arena_obj = gendir / "arena.o"
-        r = subprocess.run([gcc, "-c", str(asm), "-o", str(arena_obj)], capture_output=True,
-                           text=True)
-        if r.returncode:
-            raise RunError(f"assembling the engine failed: {r.stderr.strip()}")
-        final = _link(ld, [*objs, arena_obj], tmp, script, engine)
-        if _kernel_addresses(final) != where:
-            raise RunError("the guest's engine arena, plan or kernels moved between the two links")
+        scratch = []
+        try:
+            final, engine = _link_with_engine(gcc, ld, gendir, kernels, objs, tmp, scratch)
+        finally:
+            for f in scratch:
+                f.unlink(missing_ok=True)
         info = outdir / "mbmem.json"
         info.write_text(json.dumps(_memory(final, engine, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"
