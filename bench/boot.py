@@ -95,47 +95,47 @@ def probe_frame(probe):
     return bytes(Ether() / IP(dst="10.0.1.1") / UDP(dport=9) / b"first"), False
 
 
-def boot_middlebox(image, accel, mem, append="", timeout=60.0, want_info=False,
-                   machine="microvm", firmware=None, probe="forward", ram="memfd"):
-    """One launch: (ready host ms, ready in-guest us, first frame host ms, extra)."""
-    tx, rx = udp_socket(), udp_socket()
-    q_lan, q_wan = free_port(), free_port()
-    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
-            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
-    cmd = qemu.command(image, nics, accel=accel, mem=mem, append=append, machine=machine,
-                       firmware=firmware, ram=ram)
-    cmd[0] = qemu.qemu_path()
-    frame, same_nic = probe_frame(probe)
-    answer = tx if same_nic else rx
-    extra = {}
-    with qemu.Guest(cmd) as g:
-        t0 = g.t_start
-        first = None
-        deadline = t0 + timeout
-        while first is None:
-            now = time.perf_counter()
-            if now > deadline:
-                raise TimeoutError("no frame forwarded")
-            tx.sendto(frame, ("127.0.0.1", q_lan))
-            r, _, _ = select.select([answer], [], [], 0.0002)
-            if r:
-                answer.recv(65536)
-                first = time.perf_counter()
-        name, us, ready_s = g.wait_ready(timeout)
-        if append:
-            trace = g.wait_for(r"boot trace \(us\): (.*)", timeout).group(1).split()
-            extra["trace"] = {trace[i]: int(trace[i + 1]) for i in range(0, len(trace) - 1, 2)}
-        if want_info:
-            info = g.command("info", timeout=timeout)
-            mem_line = next(ln for ln in info if ln.startswith("memory:"))
-            m = re.search(r"(\d+) KiB used of (\d+) KiB \(engine (\d+) KiB: (\d+) packets", mem_line)
-            extra["memory_kib"] = {"used": int(m.group(1)), "ram": int(m.group(2)),
-                                   "engine": int(m.group(3)), "packets": int(m.group(4))}
-            extra["clock"] = info[-1]
-        # The ready line is read by a thread: its stamp is when it was read.
-    tx.close()
-    rx.close()
-    return ready_s * 1e3, us, (first - t0) * 1e3, extra
+class Wires:
+    """Two NICs, lan and wan, on loopback UDP sockets, and the QEMU command
+    that boots image with them: send() puts the probe frame on the lan
+    wire, `answer` is the socket its reply comes back on (lan for an ARP
+    probe, wan for a forwarded frame). A context manager: closes them."""
+
+    def __init__(self, image, probe, accel="tcg", mem="auto", extra=(), **command_kw):
+        self.tx, self.rx = udp_socket(), udp_socket()
+        self.q_lan = free_port()
+        nics = [(dev, f"socket:udp=127.0.0.1:{s.getsockname()[1]},localaddr=127.0.0.1:{port}")
+                for dev, s, port in (("lan", self.tx, self.q_lan), ("wan", self.rx, free_port()))]
+        self.cmd = qemu.command(image, nics, accel=accel, mem=mem, **command_kw) + list(extra)
+        self.cmd[0] = qemu.qemu_path()
+        self.frame, same_nic = probe_frame(probe)
+        self.answer = self.tx if same_nic else self.rx
+
+    def send(self):
+        self.tx.sendto(self.frame, ("127.0.0.1", self.q_lan))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.tx.close()
+        self.rx.close()
+
+
+def traced_boot(image, accel, mem, machine="microvm", firmware=None, timeout=60.0):
+    """One launch with mb.trace: where the in-guest boot time goes, and the
+    memory and clock lines of the `info` console command."""
+    with Wires(image, "forward", accel, mem, append="mb.trace", machine=machine,
+               firmware=firmware) as w, qemu.Guest(w.cmd) as g:
+        g.wait_ready(timeout)
+        trace = g.wait_for(r"boot trace \(us\): (.*)", timeout).group(1).split()
+        info = g.command("info", timeout=timeout)
+    mem_line = next(ln for ln in info if ln.startswith("memory:"))
+    m = re.search(r"(\d+) KiB used of (\d+) KiB \(engine (\d+) KiB: (\d+) packets", mem_line)
+    return {"trace": {trace[i]: int(trace[i + 1]) for i in range(0, len(trace) - 1, 2)},
+            "memory_kib": {"used": int(m.group(1)), "ram": int(m.group(2)),
+                           "engine": int(m.group(3)), "packets": int(m.group(4))},
+            "clock": info[-1]}
 
 
 def code_blocks(built, mem, probe, timeout=60.0):
@@ -150,29 +150,19 @@ def code_blocks(built, mem, probe, timeout=60.0):
 
     sym = elf.read(built.full).symbols()
     lo, hi, run = 0x100000, sym["__image_end"], sym["run"]
-    tx, rx = udp_socket(), udp_socket()
-    q_lan, q_wan = free_port(), free_port()
-    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
-            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
-    frame, same_nic = probe_frame(probe)
-    answer = tx if same_nic else rx
     with tempfile.TemporaryDirectory() as tmp:
         log = pathlib.Path(tmp) / "in_asm.log"
-        cmd = qemu.command(built.path, nics, accel="tcg", mem=mem)
-        cmd[0] = qemu.qemu_path()
-        cmd += ["-d", "in_asm", "-D", str(log)]
-        with qemu.Guest(cmd) as g:
+        with Wires(built.path, probe, "tcg", mem, extra=["-d", "in_asm", "-D", str(log)]) as w, \
+                qemu.Guest(w.cmd) as g:
             g.wait_ready(timeout)
             deadline = time.perf_counter() + timeout
             while True:
                 if time.perf_counter() > deadline:
                     raise TimeoutError("no frame forwarded")
-                tx.sendto(frame, ("127.0.0.1", q_lan))
-                if select.select([answer], [], [], 0.05)[0]:
+                w.send()
+                if select.select([w.answer], [], [], 0.05)[0]:
                     break
-            text = log.read_text(errors="replace")
-    tx.close()
-    rx.close()
+        text = log.read_text(errors="replace")
     counts = {"before_ready": [0, 0], "to_first_frame": [0, 0]}
     phase, inside = "before_ready", None
     for line in text.splitlines():
@@ -202,48 +192,38 @@ def launch(image, accel, mem, machine="microvm", firmware=None, probe="forward",
     together (no reader thread: its wake-ups would be timed too). Returns
     (ms to the console line matching pattern, its first group or None, ms
     to the first frame or None, ms to QEMU's exit or None)."""
-    tx, rx = udp_socket(), udp_socket()
-    q_lan, q_wan = free_port(), free_port()
-    nics = [("lan", f"socket:udp=127.0.0.1:{tx.getsockname()[1]},localaddr=127.0.0.1:{q_lan}"),
-            ("wan", f"socket:udp=127.0.0.1:{rx.getsockname()[1]},localaddr=127.0.0.1:{q_wan}")]
-    cmd = qemu.command(image, nics, accel=accel, mem=mem, machine=machine, firmware=firmware,
-                       ram=ram)
-    cmd[0] = qemu.qemu_path()
-    frame, same_nic = probe_frame(probe)
-    answer = tx if same_nic else rx
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL)
     out, t_line, group, t_frame, t_exit = b"", None, None, None, None
-    try:
-        while t_line is None or (want_frame and t_frame is None):
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"{image}: no {'frame' if t_line else 'line'} "
-                                   f"in {timeout} s; console {out[-200:]!r}")
-            tx.sendto(frame, ("127.0.0.1", q_lan))
-            ready, _, _ = select.select([p.stdout, answer], [], [], 0.0002)
-            now = time.perf_counter()
-            if answer in ready:
-                answer.recv(65536)
-                t_frame = t_frame or now
-            if p.stdout in ready:
-                chunk = os.read(p.stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError(f"{image}: QEMU exited; console {out[-200:]!r}")
-                out += chunk
-                m = re.search(pattern, out)
-                if m and t_line is None:
-                    t_line, group = now, (m.group(1) if m.groups() else None)
-        if not want_frame:
-            p.wait(timeout=timeout)
-            t_exit = time.perf_counter()
-    finally:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        p.stdout.close()
-        tx.close()
-        rx.close()
+    with Wires(image, probe, accel, mem, machine=machine, firmware=firmware, ram=ram) as w:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(w.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+        try:
+            while t_line is None or (want_frame and t_frame is None):
+                if time.perf_counter() - t0 > timeout:
+                    raise TimeoutError(f"{image}: no {'frame' if t_line else 'line'} "
+                                       f"in {timeout} s; console {out[-200:]!r}")
+                w.send()
+                ready, _, _ = select.select([p.stdout, w.answer], [], [], 0.0002)
+                now = time.perf_counter()
+                if w.answer in ready:
+                    w.answer.recv(65536)
+                    t_frame = t_frame or now
+                if p.stdout in ready:
+                    chunk = os.read(p.stdout.fileno(), 4096)
+                    if not chunk:
+                        raise RuntimeError(f"{image}: QEMU exited; console {out[-200:]!r}")
+                    out += chunk
+                    m = re.search(pattern, out)
+                    if m and t_line is None:
+                        t_line, group = now, (m.group(1) if m.groups() else None)
+            if not want_frame:
+                p.wait(timeout=timeout)
+                t_exit = time.perf_counter()
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()
     ms = lambda t: None if t is None else (t - t0) * 1e3     # noqa: E731
     return ms(t_line), group, ms(t_frame), ms(t_exit)
 
@@ -301,9 +281,8 @@ def main(argv=None):
                                 want_frame=False, **common)
             t_line.append(a)
             t_exit.append(b)
-        _, _, _, traced = boot_middlebox(built.path, accel, args.mem, append="mb.trace",
-                                         want_info=True, machine=args.machine,
-                                         firmware=args.firmware, probe=args.probe)
+        traced = traced_boot(built.path, accel, args.mem, machine=args.machine,
+                             firmware=args.firmware)
     blocks = code_blocks(built, args.mem, args.probe) if args.machine == "microvm" else None
     res = {
         "bench": "boot",

@@ -4,8 +4,7 @@ The image is an x86-64 ELF with a PVH entry: the guest runtime in this
 folder, the shared engine (runtime/engine.c), only the element kernels the
 graph uses, a kernel table listing just those, the graph's plan in
 section `.mbplan`, and the engine itself, made on the host at build time by
-arena.c and restored by the guest at boot. gcc and ld from Debian are all
-it needs.
+arena.c and loaded with the image. gcc and ld from Debian are all it needs.
 
 Objects are cached by the hash of their source and flags, images by the
 hash of everything that goes into them, under $MIDDLEBOX_CACHE or
@@ -202,10 +201,9 @@ def _link(ld, objs, out, script, arena_bytes):
     return elf.read(out)
 
 
-def _kernel_addresses(image):
+def _kernel_addresses(image, sym):
     """mb_arena, mb_plan and the guest addresses in mb_kernels[], from a
-    linked image."""
-    sym = image.symbols()
+    linked image and its symbols."""
     n = int.from_bytes(image.read_at(sym["mb_nkernels"], 4), "little")
     table = image.read_at(sym["mb_kernels"], 8 * n)
     return (sym["mb_arena"], sym["mb_plan"],
@@ -248,13 +246,14 @@ def _arena_link_files(gendir, arena_bin, runs):
 def _link_with_engine(gcc, ld, gendir, kernels, objs, out, scratch):
     """Link the guest into out twice: to learn where its arena, plan and
     kernels land, then with the engine arena.c makes for those addresses.
-    Returns (the image, the arena's size). Files made on the way are
+    Returns (where the image ends, the arena's size). Files made on the way are
     appended to scratch (per process: builds may run side by side)."""
     pid = os.getpid()
     tool = _arena_tool(gcc, gendir, kernels)
     scratch.append(tool)
     engine = int(_run_arena(tool, "size"))
-    where = _kernel_addresses(_link(ld, objs, out, HERE / "guest.ld", engine))
+    first = _link(ld, objs, out, HERE / "guest.ld", engine)
+    where = _kernel_addresses(first, first.symbols())
     at, plan_at, kaddrs = where
     arena_bin = gendir / f"arena.{pid}.bin"
     scratch.append(arena_bin)
@@ -267,15 +266,16 @@ def _link_with_engine(gcc, ld, gendir, kernels, objs, out, scratch):
     if r.returncode:
         raise RunError(f"assembling the engine failed: {r.stderr.strip()}")
     final = _link(ld, [*objs, arena_obj], out, script, engine)
-    if _kernel_addresses(final) != where:
+    sym = final.symbols()
+    if _kernel_addresses(final, sym) != where:
         raise RunError("the guest's engine arena, plan or kernels moved between the two links")
-    return final, engine
+    return sym["__image_end"], engine
 
 
-def _memory(image, engine, ndev):
-    """Guest RAM the image needs: the image (its engine arena included) and
-    each NIC's rings and buffers. A dict stored in the image's .mbmem."""
-    end = image.symbols()["__image_end"]
+def _memory(end, engine, ndev):
+    """Guest RAM the image needs: the image (its engine arena included, up
+    to `end`) and each NIC's rings and buffers. A dict stored in the
+    image's .mbmem."""
     need = end + ndev * NIC_BYTES
     mib = max(16, -(-(need + need // 8 + (1 << 20)) // (1 << 20)))   # 1/8 and 1 MiB to spare
     return {"engine_bytes": engine, "nic_bytes": NIC_BYTES, "image_end": end,
@@ -336,12 +336,12 @@ def build(graph, output=None, cache=None):
         tmp = outdir / f"guest.full.{os.getpid()}.tmp"
         scratch = []
         try:
-            final, engine = _link_with_engine(gcc, ld, gendir, kernels, objs, tmp, scratch)
+            end, engine = _link_with_engine(gcc, ld, gendir, kernels, objs, tmp, scratch)
         finally:
             for f in scratch:
                 f.unlink(missing_ok=True)
         info = outdir / "mbmem.json"
-        info.write_text(json.dumps(_memory(final, engine, len(p.devices))))
+        info.write_text(json.dumps(_memory(end, engine, len(p.devices))))
         stripped = outdir / f"guest.{os.getpid()}.tmp"
         for args in (["--add-section", f".mbmem={info}", str(tmp)],
                      ["--strip-all", str(tmp), str(stripped)]):

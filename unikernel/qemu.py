@@ -203,7 +203,7 @@ def command(image, nics, accel="tcg", mem="auto", append="", qemu=QEMU, machine=
         cmd += args
         vhost |= v
     if vhost or ram == "memfd":
-        # vhost-user backends map guest memory: it must be shared.
+        # vhost-user backends map guest memory: then it must be shared.
         cmd += ["-object", f"memory-backend-memfd,id=mem,size={mib}M,share={'on' if vhost else 'off'}",
                 "-machine", "memory-backend=mem"]
     return cmd
